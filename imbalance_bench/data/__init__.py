@@ -1,0 +1,68 @@
+"""Datasets: a registry of builders and the `create_dataset` factory that conf/dataset/*.yaml targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from imbalance_bench.data.cifar import load_cifar
+from imbalance_bench.data.images import BatchTransform
+from imbalance_bench.data.long_tail import DataBundle, make_long_tail_bundle
+from imbalance_bench.data.mnist import load_mnist
+from imbalance_bench.errors import ConfigError
+
+_DATASETS: dict[str, Callable[..., DataBundle]] = {}
+
+
+def register_dataset(name: str):
+    def wrap(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
+        _DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def create_dataset(name: str, **kwargs) -> DataBundle:
+    """Build the dataset `name` (see `list_datasets()`) from its config keys."""
+    if name not in _DATASETS:
+        raise ConfigError(f"dataset.name={name} is not allowed: must be one of {', '.join(list_datasets())}")
+    return _DATASETS[name](name=name, **kwargs)
+
+
+def _long_tail_from(raw_loader: Callable[[str, bool], object]) -> Callable[..., DataBundle]:
+    def build(
+        name: str,
+        root: str,
+        download: bool,
+        imbalance_factor: float,
+        imbalance_type: str,
+        seed: int,
+        limit_train: int | None,
+        limit_test: int | None,
+        augment: dict,
+        mean: list[float],
+        std: list[float],
+    ) -> DataBundle:
+        raw = raw_loader(str(Path(root).expanduser().resolve()), download)
+        if len(mean) != raw.train_images.shape[1] or len(std) != raw.train_images.shape[1]:
+            raise ConfigError(
+                f"dataset.mean/dataset.std must have {raw.train_images.shape[1]} values for {name}, "
+                f"got {len(mean)} and {len(std)}"
+            )
+        transform = BatchTransform(mean=list(mean), std=list(std), **dict(augment))
+        return make_long_tail_bundle(
+            raw, name, imbalance_factor, imbalance_type, seed, limit_train, limit_test, transform
+        )
+
+    return build
+
+
+register_dataset("cifar10_lt")(_long_tail_from(lambda root, download: load_cifar(root, "cifar10", download)))
+register_dataset("cifar100_lt")(_long_tail_from(lambda root, download: load_cifar(root, "cifar100", download)))
+register_dataset("mnist_lt")(_long_tail_from(load_mnist))
+
+__all__ = ["DataBundle", "create_dataset", "list_datasets", "register_dataset"]

@@ -1,0 +1,97 @@
+"""In-memory image splits, batch-level augmentation and their loaders.
+
+Small datasets are held as one uint8 tensor; crop, flip and normalisation run on whole
+batches on the training device, so no per-sample Python sits in the hot loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+
+class ImageSplit(torch.utils.data.Dataset):
+    """uint8 images (N, C, H, W) with integer labels (N,) or multi-hot targets (N, K).
+
+    Indexing takes a list of positions and returns a whole batch, so a DataLoader over a
+    BatchSampler hands out batches without collating single samples.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, positions):
+        index = torch.as_tensor(positions, dtype=torch.long)
+        return self.images[index], self.targets[index]
+
+
+@dataclass
+class BatchTransform:
+    """Random crop of the zero-padded image and horizontal flip (train only), then normalise."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    crop_padding: int = 0
+    hflip: bool = False
+
+    def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        if train and self.crop_padding > 0:
+            images = random_crop(images, self.crop_padding, generator)
+        if train and self.hflip:
+            images = random_hflip(images, generator)
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float().div_(255.0) - mean) / std
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random HxW crop of the batch zero-padded by `padding` pixels on each side.
+
+    Same semantics as torchvision's RandomCrop(size, padding) with fill 0, for a whole batch.
+    """
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device)[None, :])[:, :, None]  # (n, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device)[None, :])[:, None, :]  # (n, 1, w)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def make_loader(
+    split: ImageSplit,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`."""
+    order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
+    return DataLoader(
+        split,
+        sampler=BatchSampler(order, batch_size=batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,118 @@
+"""Turn a balanced dataset's full splits into a long-tailed train split and a balanced test split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from imbalance_bench.data.images import BatchTransform, ImageSplit
+from imbalance_bench.data.profiles import limit_subset, long_tail_counts, select_per_class
+
+
+@dataclass
+class RawSplits:
+    """Full train and test splits as uint8 (N, C, H, W) arrays with integer labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    source: str
+
+
+@dataclass
+class DataBundle:
+    """Everything the loop needs from a dataset, plus what the run directory records about it."""
+
+    name: str
+    train: ImageSplit
+    test: ImageSplit
+    class_names: list[str]
+    label_kind: str  # "single" (integer labels) or "multi" (multi-hot targets)
+    transform: BatchTransform
+    train_class_counts: list[int]
+    test_class_counts: list[int]
+    subset_indices: dict[str, list[int]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train.images.shape[1])
+
+    def stats(self) -> dict[str, Any]:
+        """The `dataset_stats.json` record: per-class counts and how the subset was drawn."""
+        return {
+            "name": self.name,
+            "label_kind": self.label_kind,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "image_shape": list(self.train.images.shape[1:]),
+            "train_total": len(self.train),
+            "test_total": len(self.test),
+            "train_counts": self.train_class_counts,
+            "test_counts": self.test_class_counts,
+            "subset_sha256": subset_digest(self.subset_indices),
+            **self.info,
+        }
+
+
+def subset_digest(subset_indices: dict[str, list[int]]) -> str:
+    """SHA-256 of the chosen indices, so two runs can be checked for the identical subset."""
+    blob = json.dumps({k: list(map(int, v)) for k, v in sorted(subset_indices.items())}, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def make_long_tail_bundle(
+    raw: RawSplits,
+    name: str,
+    imbalance_factor: float,
+    imbalance_type: str,
+    seed: int,
+    limit_train: int | None,
+    limit_test: int | None,
+    transform: BatchTransform,
+) -> DataBundle:
+    """Draw the long-tailed train subset (n_max = the smallest class) and apply the smoke-run limits."""
+    num_classes = len(raw.class_names)
+    available = np.bincount(raw.train_labels, minlength=num_classes)
+    n_max = int(available.min())
+    target_counts = long_tail_counts(n_max, num_classes, imbalance_factor, imbalance_type)
+    train_idx = select_per_class(raw.train_labels, target_counts, seed)
+    # The limits draw from a different stream than the long-tail selection so that turning a
+    # limit on never changes which images the long-tailed split holds.
+    train_idx = train_idx[limit_subset(raw.train_labels[train_idx], num_classes, limit_train, seed + 1)]
+    test_idx = np.arange(len(raw.test_labels))
+    test_idx = test_idx[limit_subset(raw.test_labels, num_classes, limit_test, seed + 2)]
+
+    train = ImageSplit(torch.from_numpy(raw.train_images[train_idx]), torch.from_numpy(raw.train_labels[train_idx]))
+    test = ImageSplit(torch.from_numpy(raw.test_images[test_idx]), torch.from_numpy(raw.test_labels[test_idx]))
+    return DataBundle(
+        name=name,
+        train=train,
+        test=test,
+        class_names=list(raw.class_names),
+        label_kind="single",
+        transform=transform,
+        train_class_counts=np.bincount(raw.train_labels[train_idx], minlength=num_classes).tolist(),
+        test_class_counts=np.bincount(raw.test_labels[test_idx], minlength=num_classes).tolist(),
+        subset_indices={"train": train_idx.tolist(), "test": test_idx.tolist()},
+        info={
+            "imbalance_factor": imbalance_factor,
+            "imbalance_type": imbalance_type,
+            "profile_counts": target_counts,
+            "subset_seed": seed,
+            "limit_train": limit_train,
+            "limit_test": limit_test,
+            "source": raw.source,
+        },
+    )

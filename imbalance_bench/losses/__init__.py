@@ -1,0 +1,52 @@
+"""Losses and class re-weighting: registries and the factories conf/loss and conf/reweight target."""
+
+from __future__ import annotations
+
+from imbalance_bench.errors import ConfigError
+from imbalance_bench.losses.base import ClassificationLoss
+from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from imbalance_bench.losses.reweight import (
+    ClassBalanced,
+    InverseFrequency,
+    Reweighting,
+    class_balanced_weights,
+    inverse_frequency_weights,
+)
+from imbalance_bench.losses.sigmoid_bce import SigmoidCrossEntropy, sigmoid_cross_entropy
+from imbalance_bench.losses.softmax_ce import SoftmaxCrossEntropy, softmax_cross_entropy
+
+LOSSES = {"ce": SoftmaxCrossEntropy, "bce": SigmoidCrossEntropy, "focal": FocalLoss}
+REWEIGHTINGS = {"none": Reweighting, "cb": ClassBalanced, "inverse_freq": InverseFrequency}
+
+
+def create_loss(name: str, **kwargs) -> ClassificationLoss:
+    """The loss `name` (one of LOSSES) built from its config keys."""
+    if name not in LOSSES:
+        raise ConfigError(f"loss.name={name} is not allowed: must be one of {', '.join(sorted(LOSSES))}")
+    return LOSSES[name](**kwargs)
+
+
+def create_reweighting(name: str, **kwargs) -> Reweighting:
+    """The re-weighting scheme `name` (one of REWEIGHTINGS) built from its config keys."""
+    if name not in REWEIGHTINGS:
+        raise ConfigError(f"reweight.name={name} is not allowed: must be one of {', '.join(sorted(REWEIGHTINGS))}")
+    return REWEIGHTINGS[name](**kwargs)
+
+
+__all__ = [
+    "ClassificationLoss",
+    "FocalLoss",
+    "SigmoidCrossEntropy",
+    "SoftmaxCrossEntropy",
+    "Reweighting",
+    "ClassBalanced",
+    "InverseFrequency",
+    "class_balanced_weights",
+    "inverse_frequency_weights",
+    "create_loss",
+    "create_reweighting",
+    "sigmoid_cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_cross_entropy",
+    "softmax_focal_loss",
+]

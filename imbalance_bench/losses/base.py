@@ -1,0 +1,52 @@
+"""What every loss shares: targets in either label kind, and per-class weights applied as Cui et al. 2019 do."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def as_multi_hot(targets: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Integer labels (N,) become one-hot (N, C); multi-hot targets (N, C) pass through."""
+    if targets.ndim == 1:
+        return F.one_hot(targets.long(), num_classes).to(dtype)
+    return targets.to(dtype)
+
+
+def element_weights(targets: torch.Tensor, class_weights: torch.Tensor | None, num_classes: int) -> torch.Tensor | None:
+    """Weights for each (sample, class) term of a sigmoid loss.
+
+    Single-label: every term of sample i gets w_{y_i}, the weight of its true class (Cui et al.
+    2019). Multi-label: the terms of class c get w_c.
+    """
+    if class_weights is None:
+        return None
+    if targets.ndim == 1:
+        return class_weights[targets.long()][:, None].expand(-1, num_classes)
+    return class_weights[None, :].expand(targets.shape[0], -1)
+
+
+def batch_mean(per_term: torch.Tensor) -> torch.Tensor:
+    """Sum over classes, mean over samples: the normalisation by the number of positives that
+    Lin et al. 2017 and Cui et al. 2019 use (one positive per sample when single-label)."""
+    return per_term.sum(dim=1).mean() if per_term.ndim == 2 else per_term.mean()
+
+
+class ClassificationLoss(nn.Module):
+    """Base: `forward(logits, targets, class_weights=None)` returns a scalar."""
+
+    #: label kinds the loss accepts ("single", "multi")
+    label_kinds: frozenset[str] = frozenset({"single"})
+    #: True when the head is a set of one-vs-all sigmoids
+    sigmoid_head: bool = False
+
+    def classifier_bias(self, num_classes: int) -> float | None:
+        """Initial last-layer bias. Sigmoid heads start at the prior pi = 1/C, i.e.
+        b = -log((1 - pi) / pi) = -log(C - 1), so early training is stable (Lin et al. 2017;
+        Cui et al. 2019)."""
+        if self.sigmoid_head and num_classes > 1:
+            return -math.log(num_classes - 1)
+        return None

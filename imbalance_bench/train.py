@@ -1,0 +1,317 @@
+"""The training loop: build data, model, loss and optimiser from the config, fit, evaluate, write.
+
+One loop serves every dataset: integer labels and multi-hot targets differ only in the loss
+and the metrics, which read the label kind from the data bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from imbalance_bench.config import validate
+from imbalance_bench.data import DataBundle
+from imbalance_bench.data.images import make_loader
+from imbalance_bench.errors import ConfigError, ImbenchError
+from imbalance_bench.losses import ClassificationLoss, Reweighting
+from imbalance_bench.metrics import is_scalar_metric, single_label_metrics
+from imbalance_bench.models import classifier_of
+from imbalance_bench.report import format_summary
+from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
+
+log = logging.getLogger("imbench")
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train and evaluate one configuration; write its results into `run_dir` and return them."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+
+    data = build_data(cfg, run_dir)
+    model = build_model(cfg, data, device)
+    criterion, reweighting = build_loss(cfg, data)
+    optimizer, scheduler = build_optimizer(cfg, model)
+
+    started = time.perf_counter()
+    history = fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir)
+    metrics = summarize(cfg, data, history, device, time.perf_counter() - started)
+
+    write_json(run_dir / "metrics.json", metrics)
+    log.info("results in %s\n%s", run_dir, format_summary(metrics))
+    return metrics
+
+
+# ------------------------------------------------------------------ build
+
+
+def instantiate(node, **kwargs):
+    """Hydra's instantiate, but a user error raised inside the target surfaces as itself."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ImbenchError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={choice} is not allowed: no CUDA device is visible; use auto or cpu")
+    return torch.device(choice)
+
+
+def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
+    """Load the dataset and record its per-class counts and the exact subset drawn."""
+    data: DataBundle = instantiate(cfg.dataset, _convert_="all")
+    write_json(run_dir / "dataset_stats.json", data.stats())
+    write_json(run_dir / "subset_indices.json", data.subset_indices)
+    log.info(
+        "%s: %d train / %d test images, %d classes, train counts %d..%d",
+        data.name,
+        len(data.train),
+        len(data.test),
+        data.num_classes,
+        max(data.train_class_counts),
+        min(data.train_class_counts),
+    )
+    return data
+
+
+def build_model(cfg: DictConfig, data: DataBundle, device: torch.device) -> torch.nn.Module:
+    model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.2f M parameters on %s", cfg.model.name, n_params / 1e6, device)
+    return model.to(device)
+
+
+def build_loss(cfg: DictConfig, data: DataBundle) -> tuple[ClassificationLoss, Reweighting]:
+    """The loss and the class re-weighting; sigmoid heads get their prior bias here."""
+    criterion: ClassificationLoss = instantiate(cfg.loss)
+    if data.label_kind not in criterion.label_kinds:
+        raise ConfigError(
+            f"loss={cfg.loss.name} is not allowed with dataset={cfg.dataset.name} ({data.label_kind}-label); "
+            f"it supports {', '.join(sorted(criterion.label_kinds))}-label data"
+        )
+    reweighting: Reweighting = instantiate(cfg.reweight)
+    return criterion, reweighting
+
+
+def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, num_classes: int) -> None:
+    bias = criterion.classifier_bias(num_classes)
+    if bias is not None:
+        with torch.no_grad():
+            classifier_of(model).bias.fill_(bias)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module):
+    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_epochs=cfg.trainer.epochs)
+    return optimizer, scheduler
+
+
+# ------------------------------------------------------------------ fit
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    best_epoch: int | None = None
+    best_value: float = -float("inf")
+
+
+def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir: Path) -> History:
+    """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each epoch."""
+    trainer = cfg.trainer
+    init_classifier_bias(model, criterion, data.num_classes)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    augment_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    loader = make_loader(
+        data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
+        generator=shuffle_gen, pin_memory=device.type == "cuda",
+    )
+    precision = Precision(device, trainer.amp, trainer.amp_dtype)
+    writer = tensorboard_writer(run_dir)
+    history = History()
+    for epoch in range(trainer.epochs):
+        weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
+        weights = None if weights is None else weights.to(device)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, history.steps, stop = train_one_epoch(
+            cfg, data, model, criterion, weights, loader, optimizer, precision, augment_gen, epoch, history.steps, device
+        )
+        scheduler.step()
+        record = {"epoch": epoch + 1, "step": history.steps, "lr": lr, "train_loss": train_loss}
+        last = stop or epoch + 1 == trainer.epochs
+        if (epoch + 1) % trainer.eval_every == 0 or last:
+            record.update(evaluate(cfg, data, model, criterion, device, precision))
+            if record[trainer.monitor] > history.best_value:
+                history.best_value, history.best_epoch = record[trainer.monitor], epoch + 1
+        history.epochs.append(record)
+        write_epoch(run_dir, writer, record)
+        save_checkpoint(
+            run_dir / "checkpoints" / "last.pt",
+            {
+                "epoch": epoch + 1,
+                "step": history.steps,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": precision.scaler.state_dict(),
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            },
+        )
+        if stop:
+            log.info("stopping at step %d (trainer.max_steps)", history.steps)
+            break
+    writer.close()
+    return history
+
+
+class Precision:
+    """Autocast and (for float16) gradient scaling, both off unless `trainer.amp`."""
+
+    def __init__(self, device: torch.device, amp: bool, dtype: str):
+        self.device_type = device.type
+        self.enabled = bool(amp)
+        self.dtype = getattr(torch, dtype)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.enabled and self.dtype == torch.float16)
+
+    def autocast(self):
+        if not self.enabled:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, precision, augment_gen, epoch, step, device):
+    """One pass over the train split; returns (mean loss, global step, whether max_steps was hit)."""
+    model.train()
+    total, seen, stop = 0.0, 0, False
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
+        disable=not cfg.trainer.progress_bar, dynamic_ncols=True,
+    )
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        inputs = data.transform(images, train=True, generator=augment_gen)
+        with precision.autocast():
+            logits = model(inputs)
+        loss = criterion(logits, targets, weights)
+        optimizer.zero_grad(set_to_none=True)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        step += 1
+        total += loss.item() * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+        if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
+            stop = True
+            break
+    bar.close()
+    return total / max(seen, 1), step, stop
+
+
+@torch.no_grad()
+def evaluate(cfg, data: DataBundle, model, criterion, device, precision) -> dict[str, Any]:
+    """Scores on the whole test split, then every metric of its label kind."""
+    model.eval()
+    loader = make_loader(data.test, cfg.trainer.eval_batch_size, shuffle=False, num_workers=cfg.trainer.num_workers)
+    all_logits, all_targets, total = [], [], 0.0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with precision.autocast():
+            logits = model(data.transform(images, train=False)).float()
+        total += criterion(logits, targets).item() * len(images)
+        all_logits.append(logits.cpu())
+        all_targets.append(targets.cpu())
+    scores = torch.cat(all_logits).numpy()
+    labels = torch.cat(all_targets).numpy()
+    result = single_label_metrics(
+        labels, scores, data.train_class_counts, cfg.metrics.many_shot_above, cfg.metrics.few_shot_below
+    )
+    result["test_loss"] = total / max(len(labels), 1)
+    return result
+
+
+# ------------------------------------------------------------------ write
+
+
+def tensorboard_writer(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+SUMMARY_COLUMNS = (
+    "epoch", "step", "lr", "train_loss", "test_loss", "top1", "top5", "mean_f2", "macro_f2",
+    "many_shot_top1", "medium_shot_top1", "few_shot_top1",
+)
+
+
+def write_epoch(run_dir: Path, writer, record: dict[str, Any]) -> None:
+    """One row of `summary.csv` and the epoch's TensorBoard scalars."""
+    append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
+    names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr"}
+    for key, value in record.items():
+        if key in ("epoch", "step") or not is_scalar_metric(value):
+            continue
+        writer.add_scalar(names.get(key, f"test/{key}"), value, record["epoch"])
+    writer.flush()
+
+
+def summarize(cfg: DictConfig, data: DataBundle, history: History, device, seconds: float) -> dict[str, Any]:
+    """The `metrics.json` record: the last and the best evaluated epoch, and what was run."""
+    evaluated = [r for r in history.epochs if cfg.trainer.monitor in r]
+    final = evaluated[-1]
+    best = next(r for r in evaluated if r["epoch"] == history.best_epoch)
+    return {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "status": "completed",
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "loss": cfg.loss.name,
+        "reweight": cfg.reweight.name,
+        "label_kind": data.label_kind,
+        "seed": cfg.seed,
+        "device": str(device),
+        "monitor": cfg.trainer.monitor,
+        "monitor_split": "test",
+        "epochs_completed": history.epochs[-1]["epoch"],
+        "steps": history.steps,
+        "final_epoch": final["epoch"],
+        "best_epoch": best["epoch"],
+        "final": final,
+        "best": best,
+        "train_time_s": round(seconds, 3),
+    }
