@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
                 history.best_value, history.best_epoch = record[trainer.monitor], epoch + 1
         history.epochs.append(record)
         write_epoch(run_dir, writer, record)
+        log.info("%s", format_epoch(record, trainer.epochs))
         save_checkpoint(
             run_dir / "checkpoints" / "last.pt",
             {
@@ -218,6 +220,7 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
         disable=not cfg.trainer.progress_bar, dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
@@ -271,6 +274,13 @@ def tensorboard_writer(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
+    text = f"epoch {record['epoch']}/{total_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}"
+    if "top1" in record:
+        text += f"  test loss {record['test_loss']:.4f}  top-1 {100 * record['top1']:.2f}  top-5 {100 * record['top5']:.2f}"
+    return text
 
 
 SUMMARY_COLUMNS = (

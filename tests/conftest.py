@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny datasets in their real formats, composed configs, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dataset_files import write_cifar10, write_cifar100, write_mnist_from_digits
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+
+# Overrides that shrink any run to a CPU smoke test.
+SMOKE = ["trainer.device=cpu", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=16",
+         "trainer.progress_bar=false", "trainer.num_workers=0"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One root holding tiny CIFAR-10, CIFAR-100 and MNIST-format datasets."""
+    root = tmp_path_factory.mktemp("data")
+    write_cifar10(root)
+    write_cifar100(root)
+    write_mnist_from_digits(root)
+    return root
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose the app's config with overrides, exactly as `imbench` would."""
+
+    def _compose(overrides=()):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose
+
+
+def run_imbench(args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m imbalance_bench ARGS` in `cwd` (offline: no hub look-ups)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("IMBENCH_DATA_ROOT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "imbalance_bench", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def imbench(tmp_path):
+    """Call the CLI from a fresh working directory; returns (completed process, working dir)."""
+
+    def _run(*args, timeout: float = 300):
+        return run_imbench(list(args), tmp_path, timeout)
+
+    return _run

