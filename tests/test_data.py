@@ -158,8 +158,8 @@ def test_random_crop_matches_torchvision_semantics():
 def test_random_hflip_flips_about_half():
     images = torch.arange(6, dtype=torch.uint8).reshape(1, 1, 2, 3).repeat(400, 1, 1, 1)
     out = random_hflip(images, torch.Generator().manual_seed(0))
-    flipped = torch.stack([torch.equal(o, images[0].flip(-1)) for o in out])
-    kept = torch.stack([torch.equal(o, images[0]) for o in out])
+    flipped = torch.tensor([torch.equal(o, images[0].flip(-1)) for o in out])
+    kept = torch.tensor([torch.equal(o, images[0]) for o in out])
     assert torch.all(flipped | kept)
     assert 150 < flipped.sum().item() < 250
 
