@@ -47,7 +47,7 @@ def write_cifar10(root: Path, train_per_class: int = 40, test_per_class: int = 8
     return folder
 
 
-def write_cifar100(root: Path, train_per_class: int = 6, test_per_class: int = 2, seed: int = 0) -> Path:
+def write_cifar100(root: Path, train_per_class: int = 20, test_per_class: int = 2, seed: int = 0) -> Path:
     """`root/cifar-100-python` with train, test and meta pickles (fine and coarse labels)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-100-python"

@@ -1,0 +1,78 @@
+"""Config composition and validation (conf/, imbalance_bench/config.py)."""
+
+from pathlib import Path
+
+import pytest
+
+from imbalance_bench.config import CONFIG_GROUPS, validate
+from imbalance_bench.errors import ConfigError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+OPTIONS = [(group, p.stem) for group in CONFIG_GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} == set(CONFIG_GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(compose_cfg, group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    validate(cfg)
+    if group != "experiment":
+        assert "_target_" in cfg[group] or group == "trainer"
+
+
+def test_main_job_defaults(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.dataset.name == "mnist_lt" and cfg.dataset.imbalance_factor == 100
+    assert cfg.model.name == "resnet32" and cfg.loss.name == "focal" and cfg.reweight.name == "cb"
+    assert cfg.trainer.epochs <= 5
+
+
+def test_cifar_recipe_defaults(compose_cfg):
+    cfg = compose_cfg(["experiment=cifar_lt"])
+    assert cfg.dataset.name == "cifar10_lt"
+    assert cfg.optimizer.lr == 0.1 and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 2e-4
+    assert cfg.scheduler.warmup_epochs == 5 and list(cfg.scheduler.milestones) == [160, 180]
+    assert cfg.scheduler.gamma == 0.01
+    assert cfg.trainer.batch_size == 128 and cfg.trainer.epochs == 200
+    assert cfg.dataset.augment.crop_padding == 4 and cfg.dataset.augment.hflip
+
+
+def test_command_line_group_choice_beats_the_preset(compose_cfg):
+    cfg = compose_cfg(["experiment=cui_cifar10_if100_cb_focal", "dataset=cifar100_lt"])
+    assert cfg.dataset.name == "cifar100_lt" and cfg.dataset.imbalance_factor == 100
+    cfg = compose_cfg(["experiment=cifar_lt", "loss=ce", "reweight=none"])
+    assert cfg.dataset.name == "cifar10_lt" and cfg.loss.name == "ce" and cfg.reweight.name == "none"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("dataset.imbalance_factor=0.5", "dataset.imbalance_factor"),
+        ("dataset.imbalance_type=linear", "dataset.imbalance_type"),
+        ("dataset.limit_train=0", "dataset.limit_train"),
+        ("reweight.beta=1.0", "reweight.beta"),
+        ("reweight.beta=-0.1", "reweight.beta"),
+        ("reweight.start_epoch=-1", "reweight.start_epoch"),
+        ("loss.gamma=-0.5", "loss.gamma"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("trainer.device=tpu", "trainer.device"),
+        ("trainer.monitor=auc", "trainer.monitor"),
+        ("scheduler.warmup_epochs=-2", "scheduler.warmup_epochs"),
+    ],
+)
+def test_bad_values_name_the_key(compose_cfg, override, key):
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError, match=f"^{key}=") as err:
+        validate(cfg)
+    assert "must be" in str(err.value)
+
+
+def test_scheduler_milestones_must_be_sorted(compose_cfg):
+    cfg = compose_cfg(["scheduler=warmup_multistep", "scheduler.milestones=[180,160]"])
+    with pytest.raises(ConfigError, match="scheduler.milestones"):
+        validate(cfg)
