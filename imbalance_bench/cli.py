@@ -121,7 +121,8 @@ def compose_job(overrides: list[str]) -> DictConfig:
         key = getattr(cause, "full_key", None)
         message = _first_line(getattr(cause, "msg", cause))
         if key and (" not in " in message or "is not in struct" in message):
-            raise ConfigError(f"{key}: unknown key; {_known_keys(key)}") from None
+            choices = [o for o in overrides if o.partition("=")[0] in CONFIG_GROUPS]
+            raise ConfigError(f"{key}: unknown key; {_known_keys(key, choices)}") from None
         if key:
             value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith(f"{key}=")), None)
             shown = f"{key}={value}" if value is not None else key
@@ -129,9 +130,12 @@ def compose_job(overrides: list[str]) -> DictConfig:
         raise ConfigError(_first_line(exc)) from None
 
 
-def _known_keys(full_key: str) -> str:
+def _known_keys(full_key: str, group_choices: list[str]) -> str:
     parent = full_key.rpartition(".")[0]
-    base = hydra.compose(config_name="config")
+    try:
+        base = hydra.compose(config_name="config", overrides=group_choices)
+    except Exception:
+        base = hydra.compose(config_name="config")
     node = OmegaConf.select(base, parent) if parent else base
     if isinstance(node, DictConfig):
         keys = sorted(k for k in node.keys() if not str(k).startswith("_"))

@@ -9,6 +9,7 @@ composition with the key named.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
@@ -186,12 +187,14 @@ RULES: tuple[Rule, ...] = (
     Rule("dataset.limit_train", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.limit_test", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.augment.crop_padding", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Rule("dataset.mean", lambda v: len(v) > 0 and all(_num(m) for m in v), "a list of finite numbers"),
     Rule("dataset.std", lambda v: len(v) > 0 and all(_num(s) and s > 0 for s in v), "a list of numbers > 0"),
     Rule("loss.gamma", lambda v: _num(v) and v >= 0, "a number >= 0"),
     Rule("reweight.beta", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     Rule("reweight.start_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("optimizer.lr", lambda v: _num(v) and v > 0, "a number > 0"),
     Rule("optimizer.momentum", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    Rule("optimizer.betas", lambda v: len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     Rule("optimizer.weight_decay", lambda v: _num(v) and v >= 0, "a number >= 0"),
     Rule("scheduler.warmup_epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("scheduler.gamma", lambda v: _num(v) and v > 0, "a number > 0"),
@@ -201,7 +204,7 @@ RULES: tuple[Rule, ...] = (
         "a non-decreasing list of integers >= 0",
     ),
     Rule("scheduler.min_lr_factor", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    Rule("trainer.device", lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "one of: auto, cpu, cuda, cuda:N"),
+    Rule("trainer.device", lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(v)) is not None, "one of: auto, cpu, cuda, cuda:N"),
     Rule("trainer.epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     Rule("trainer.max_steps", _optional_positive_int, "null or an integer >= 1"),
     Rule("trainer.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -238,6 +241,10 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"{rule.key}={_show(value)} is not allowed: must be {rule.allowed}")
+    _, nesterov = _lookup(cfg, "optimizer.nesterov")
+    _, momentum = _lookup(cfg, "optimizer.momentum")
+    if nesterov and not momentum:
+        raise ConfigError("optimizer.nesterov=true is not allowed with optimizer.momentum=0: Nesterov needs momentum > 0")
     present, few = _lookup(cfg, "metrics.few_shot_below")
     _, many = _lookup(cfg, "metrics.many_shot_above")
     if present and many is not None and few > many + 1:

@@ -69,7 +69,9 @@ def single_label_metrics(
         "top1": float(np.mean(predictions == labels)),
         "top5": top_k_accuracy(labels, scores, 5),
         "mean_f2": mean_fbeta(one_hot(labels, num_classes), one_hot(predictions, num_classes), beta=2.0),
-        "macro_f2": float(fbeta_score(labels, predictions, beta=2.0, average="macro", zero_division=0)),
+        "macro_f2": float(
+            fbeta_score(labels, predictions, labels=np.unique(labels), beta=2.0, average="macro", zero_division=0)
+        ),
         **shot_accuracy(class_accuracy, train_counts, many_shot_above, few_shot_below),
         "per_class_accuracy": class_accuracy,
     }

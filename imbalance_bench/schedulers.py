@@ -19,10 +19,11 @@ def warmup_multistep_factor(epoch: int, warmup_epochs: int, milestones: Sequence
 
 
 def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int, min_lr_factor: float) -> float:
-    """lr multiplier: linear warm-up, then cosine from 1 down to `min_lr_factor` at the last epoch."""
+    """lr multiplier: linear warm-up, then a cosine from 1 towards `min_lr_factor`, which it would
+    reach at epoch `total_epochs` (so the last epoch still trains, as with CosineAnnealingLR)."""
     if epoch < warmup_epochs:
         return (epoch + 1) / warmup_epochs
-    span = max(total_epochs - 1 - warmup_epochs, 1)
+    span = max(total_epochs - warmup_epochs, 1)
     progress = min((epoch - warmup_epochs) / span, 1.0)
     return min_lr_factor + (1.0 - min_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

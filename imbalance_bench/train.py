@@ -84,8 +84,15 @@ def seed_everything(seed: int) -> None:
 def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={choice} is not allowed: no CUDA device is visible; use auto or cpu")
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={choice} is not allowed: no CUDA device is visible; use auto or cpu")
+        index = int(choice.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.device={choice} is not allowed: {torch.cuda.device_count()} CUDA device(s) visible "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
     return torch.device(choice)
 
 
@@ -161,6 +168,7 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
     )
     precision = Precision(device, trainer.amp, trainer.amp_dtype)
     writer = tensorboard_writer(run_dir)
+    (run_dir / "summary.csv").unlink(missing_ok=True)  # a re-run in the same folder starts over
     history = History()
     for epoch in range(trainer.epochs):
         weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
@@ -198,6 +206,10 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
     return history
 
 
+class TrainingDiverged(ImbenchError):
+    """The loss became NaN or infinite."""
+
+
 class Precision:
     """Autocast and (for float16) gradient scaling, both off unless `trainer.amp`."""
 
@@ -229,6 +241,11 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
         with precision.autocast():
             logits = model(inputs)
         loss = criterion(logits, targets, weights)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged: loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
+                f"lower optimizer.lr (now {optimizer.param_groups[0]['lr']:g}) or use trainer.amp=false"
+            )
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         precision.scaler.step(optimizer)
@@ -258,12 +275,13 @@ def evaluate(cfg, data: DataBundle, model, criterion, device, precision) -> dict
         total += criterion(logits, targets).item() * len(images)
         all_logits.append(logits.cpu())
         all_targets.append(targets.cpu())
-    scores = torch.cat(all_logits).numpy()
+    scores = np.nan_to_num(torch.cat(all_logits).numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
     labels = torch.cat(all_targets).numpy()
     result = single_label_metrics(
         labels, scores, data.train_class_counts, cfg.metrics.many_shot_above, cfg.metrics.few_shot_below
     )
-    result["test_loss"] = total / max(len(labels), 1)
+    test_loss = total / max(len(labels), 1)
+    result["test_loss"] = test_loss if np.isfinite(test_loss) else None
     return result
 
 
@@ -279,7 +297,8 @@ def tensorboard_writer(run_dir: Path):
 def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
     text = f"epoch {record['epoch']}/{total_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}"
     if "top1" in record:
-        text += f"  test loss {record['test_loss']:.4f}  top-1 {100 * record['top1']:.2f}  top-5 {100 * record['top5']:.2f}"
+        test_loss = "nan" if record["test_loss"] is None else f"{record['test_loss']:.4f}"
+        text += f"  test loss {test_loss}  top-1 {100 * record['top1']:.2f}  top-5 {100 * record['top5']:.2f}"
     return text
 
 

@@ -12,7 +12,7 @@ from dataset_files import write_cifar10, write_cifar100, write_idx, write_mnist_
 from imbalance_bench.data import create_dataset
 from imbalance_bench.data import mnist as mnist_module
 from imbalance_bench.data.cifar import load_cifar, read_cifar
-from imbalance_bench.data.images import BatchTransform, random_crop, random_hflip
+from imbalance_bench.data.images import BatchTransform, ImageSplit, make_loader, random_crop, random_hflip
 from imbalance_bench.data.mnist import IMAGE_MAGIC, bundled_mnist_folder, load_mnist, read_idx
 from imbalance_bench.errors import DataError
 
@@ -96,6 +96,25 @@ def test_mnist_reads_idx_from_root(tmp_path):
     assert raw.source == str(tmp_path)
     assert raw.train_images.shape[1:] == (1, 28, 28) and raw.test_images.shape[0] == 400
     assert set(np.unique(raw.train_labels)) == set(range(10))
+
+
+def test_unbalanced_test_split_is_cut_to_its_smallest_class(tmp_path):
+    write_mnist_from_digits(tmp_path)
+    raw = load_mnist(tmp_path, download=False)
+    smallest = int(np.bincount(raw.test_labels, minlength=10).min())
+    assert np.bincount(raw.test_labels).max() > smallest  # the fixture's test split is unbalanced
+    kw = dataset_kwargs(tmp_path, mean=[0.5], std=[0.25], augment={"crop_padding": 2, "hflip": False})
+    data = create_dataset("mnist_lt", **kw)
+    assert data.test_class_counts == [smallest] * 10
+
+
+def test_training_loader_never_ends_on_a_single_image():
+    split = ImageSplit(torch.zeros(129, 1, 2, 2, dtype=torch.uint8), torch.zeros(129, dtype=torch.long))
+    sizes = [len(x) for x, _ in make_loader(split, 128, shuffle=True, num_workers=0, generator=torch.Generator())]
+    assert sizes == [128]
+    assert [len(x) for x, _ in make_loader(split, 128, shuffle=False, num_workers=0)] == [128, 1]  # eval sees all
+    split = ImageSplit(torch.zeros(130, 1, 2, 2, dtype=torch.uint8), torch.zeros(130, dtype=torch.long))
+    assert [len(x) for x, _ in make_loader(split, 128, shuffle=True, num_workers=0)] == [128, 2]
 
 
 def test_mnist_torchvision_layout_and_plain_files(tmp_path):

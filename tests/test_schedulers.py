@@ -14,11 +14,27 @@ def test_cifar_recipe_schedule():
     assert f(180) == pytest.approx(1e-4) and f(199) == pytest.approx(1e-4)
 
 
-def test_cosine_endpoints():
-    assert warmup_cosine_factor(0, 1, 10, 0.0) == 1.0
-    assert warmup_cosine_factor(9, 1, 10, 0.0) == pytest.approx(0.0, abs=1e-12)
-    assert warmup_cosine_factor(9, 1, 10, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine_factor(0, 2, 10, 0.0) == 0.5
+def test_cosine_shape():
+    factors = [warmup_cosine_factor(e, 0, 4, 0.0) for e in range(4)]
+    assert factors == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)  # the last epoch still trains
+    assert warmup_cosine_factor(4, 0, 4, 0.1) == pytest.approx(0.1)             # reached at epoch `total`
+    assert warmup_cosine_factor(0, 2, 10, 0.0) == 0.5 and warmup_cosine_factor(1, 2, 10, 0.0) == 1.0
+
+
+def test_main_job_lr_sequence(compose_cfg):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg()
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=cfg.optimizer.lr)
+    sched = instantiate(cfg.scheduler)(optimizer=opt, total_epochs=cfg.trainer.epochs)
+    lrs = []
+    for _ in range(cfg.trainer.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(cfg.optimizer.lr)
+    assert all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
 
 
 def test_scheduler_drives_optimizer_lr():

@@ -34,9 +34,31 @@ def test_sigmoid_heads_start_at_the_prior():
     assert torch.equal(plain.fc.bias, before)
 
 
-def test_deferred_reweighting_and_eval_every(compose_cfg, data_root, tmp_path):
+def test_deferred_reweighting_reaches_the_loss(compose_cfg, data_root, tmp_path, monkeypatch):
+    import imbalance_bench.train as train_module
+    from imbalance_bench.losses import class_balanced_weights
+
+    seen = []
+    original = train_module.train_one_epoch
+
+    def spy(cfg, data, model, criterion, weights, *rest):
+        seen.append(None if weights is None else weights.clone())
+        return original(cfg, data, model, criterion, weights, *rest)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", spy)
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=null",
-                       "trainer.epochs=3", "trainer.eval_every=2", "reweight.start_epoch=2", "trainer.batch_size=64"])
+                       "trainer.epochs=3", "reweight=cb", "reweight.beta=0.99", "reweight.start_epoch=2",
+                       "trainer.batch_size=128"])
+    metrics = run(cfg, tmp_path)
+    counts = json.loads((tmp_path / "dataset_stats.json").read_text())["train_counts"]
+    assert seen[0] is None and seen[1] is None
+    assert torch.allclose(seen[2], class_balanced_weights(counts, 0.99))
+    assert metrics["epochs_completed"] == 3
+
+
+def test_eval_every(compose_cfg, data_root, tmp_path):
+    cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=null",
+                       "trainer.epochs=3", "trainer.eval_every=2", "trainer.batch_size=64"])
     metrics = run(cfg, tmp_path)
     rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
     header = rows[0].split(",")
@@ -52,5 +74,14 @@ def test_main_job_beats_chance_by_far(imbench, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "main" / "metrics.json").read_text())
     stats = json.loads((tmp_path / "main" / "dataset_stats.json").read_text())
-    assert stats["train_counts"][0] == 5421 and stats["train_counts"][-1] == 54 and stats["test_total"] == 10000
+    assert stats["train_counts"][0] == 5421 and stats["train_counts"][-1] == 54
+    assert stats["test_counts"] == [892] * 10  # the MNIST test split cut to its smallest class
     assert metrics["final"]["top1"] > 0.9  # chance is 0.1
+
+
+def test_amp_and_loader_workers_on_cpu(compose_cfg, data_root, tmp_path):
+    cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=2",
+                       "trainer.amp=true", "trainer.num_workers=1", "loss=ce", "reweight=inverse_freq"])
+    metrics = run(cfg, tmp_path)
+    assert metrics["steps"] == 2 and metrics["device"] == "cpu"
+    assert math.isfinite(metrics["final"]["test_loss"])

@@ -85,11 +85,16 @@ def make_loader(
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`."""
+    """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`.
+
+    A shuffled (training) pass drops a trailing batch of exactly one image: BatchNorm cannot
+    train on it, and it would crash the larger backbones.
+    """
     order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
+    drop_last = shuffle and len(split) > 1 and len(split) % batch_size == 1
     return DataLoader(
         split,
-        sampler=BatchSampler(order, batch_size=batch_size, drop_last=False),
+        sampler=BatchSampler(order, batch_size=batch_size, drop_last=drop_last),
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -72,6 +72,15 @@ def subset_digest(subset_indices: dict[str, list[int]]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def balanced_test_indices(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """All of a balanced test split; an unbalanced one (MNIST: 892 to 1,135 per class) is cut to
+    its smallest class so that every class weighs the same in top-1."""
+    counts = np.bincount(labels, minlength=num_classes)
+    if counts.min() == counts.max():
+        return np.arange(len(labels))
+    return select_per_class(labels, [int(counts.min())] * num_classes, seed)
+
+
 def make_long_tail_bundle(
     raw: RawSplits,
     name: str,
@@ -91,8 +100,8 @@ def make_long_tail_bundle(
     # The limits draw from a different stream than the long-tail selection so that turning a
     # limit on never changes which images the long-tailed split holds.
     train_idx = train_idx[limit_subset(raw.train_labels[train_idx], num_classes, limit_train, seed + 1)]
-    test_idx = np.arange(len(raw.test_labels))
-    test_idx = test_idx[limit_subset(raw.test_labels, num_classes, limit_test, seed + 2)]
+    test_idx = balanced_test_indices(raw.test_labels, num_classes, seed + 2)
+    test_idx = test_idx[limit_subset(raw.test_labels[test_idx], num_classes, limit_test, seed + 3)]
 
     train = ImageSplit(torch.from_numpy(raw.train_images[train_idx]), torch.from_numpy(raw.train_labels[train_idx]))
     test = ImageSplit(torch.from_numpy(raw.test_images[test_idx]), torch.from_numpy(raw.test_labels[test_idx]))
