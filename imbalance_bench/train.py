@@ -46,8 +46,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
 
     data = build_data(cfg, run_dir)
-    model = build_model(cfg, data, device)
     criterion, reweighting = build_loss(cfg, data)
+    model = build_model(cfg, data, criterion, device)
     optimizer, scheduler = build_optimizer(cfg, model)
 
     started = time.perf_counter()
@@ -113,8 +113,10 @@ def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
     return data
 
 
-def build_model(cfg: DictConfig, data: DataBundle, device: torch.device) -> torch.nn.Module:
+def build_model(cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss, device: torch.device) -> torch.nn.Module:
+    """The backbone sized to the dataset, its head bias set to the loss's prior."""
     model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+    init_classifier_bias(model, criterion, data.num_classes)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M parameters on %s", cfg.model.name, n_params / 1e6, device)
     return model.to(device)
@@ -159,7 +161,6 @@ class History:
 def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir: Path) -> History:
     """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each epoch."""
     trainer = cfg.trainer
-    init_classifier_bias(model, criterion, data.num_classes)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     augment_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = make_loader(

@@ -85,3 +85,13 @@ def test_amp_and_loader_workers_on_cpu(compose_cfg, data_root, tmp_path):
     metrics = run(cfg, tmp_path)
     assert metrics["steps"] == 2 and metrics["device"] == "cpu"
     assert math.isfinite(metrics["final"]["test_loss"])
+
+
+def test_build_model_sets_the_sigmoid_prior(compose_cfg, data_root, tmp_path):
+    from imbalance_bench.train import build_data, build_loss, build_model
+
+    cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", "loss=bce", *SMOKE])
+    data = build_data(cfg, tmp_path)
+    criterion, _ = build_loss(cfg, data)
+    model = build_model(cfg, data, criterion, torch.device("cpu"))
+    assert torch.allclose(model.fc.bias, torch.full((10,), -math.log(9)))
