@@ -132,10 +132,7 @@ def compose_job(overrides: list[str]) -> DictConfig:
 
 def _known_keys(full_key: str, group_choices: list[str]) -> str:
     parent = full_key.rpartition(".")[0]
-    try:
-        base = hydra.compose(config_name="config", overrides=group_choices)
-    except Exception:
-        base = hydra.compose(config_name="config")
+    base = hydra.compose(config_name="config", overrides=group_choices)  # options already checked
     node = OmegaConf.select(base, parent) if parent else base
     if isinstance(node, DictConfig):
         keys = sorted(k for k in node.keys() if not str(k).startswith("_"))

@@ -7,6 +7,7 @@ and the metrics, which read the label kind from the data bundle.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import sys
 import time
@@ -242,9 +243,10 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
         with precision.autocast():
             logits = model(inputs)
         loss = criterion(logits, targets, weights)
-        if not torch.isfinite(loss):
+        loss_value = loss.item()  # the one host sync per step, shared by the guard and the running mean
+        if not math.isfinite(loss_value):
             raise TrainingDiverged(
-                f"training diverged: loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
+                f"training diverged: loss is {loss_value} at step {step + 1} (epoch {epoch + 1}); "
                 f"lower optimizer.lr (now {optimizer.param_groups[0]['lr']:g}) or use trainer.amp=false"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -252,7 +254,7 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
         precision.scaler.step(optimizer)
         precision.scaler.update()
         step += 1
-        total += loss.item() * len(images)
+        total += loss_value * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
         if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
