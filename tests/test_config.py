@@ -63,6 +63,22 @@ def test_command_line_group_choice_beats_the_preset(compose_cfg):
         ("trainer.device=tpu", "trainer.device"),
         ("trainer.monitor=auc", "trainer.monitor"),
         ("scheduler.warmup_epochs=-2", "scheduler.warmup_epochs"),
+        ("scheduler.min_lr_factor=2", "scheduler.min_lr_factor"),
+        ("seed=-1", "seed"),
+        ("dataset.seed=-3", "dataset.seed"),
+        ("dataset.limit_test=0", "dataset.limit_test"),
+        ("dataset.augment.crop_padding=-1", "dataset.augment.crop_padding"),
+        ("dataset.mean=[nan]", "dataset.mean"),
+        ("dataset.std=[0]", "dataset.std"),
+        ("optimizer.momentum=1.0", "optimizer.momentum"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.eval_batch_size=0", "trainer.eval_batch_size"),
+        ("trainer.amp_dtype=float8", "trainer.amp_dtype"),
+        ("trainer.num_workers=-1", "trainer.num_workers"),
+        ("trainer.eval_every=0", "trainer.eval_every"),
+        ("metrics.many_shot_above=-1", "metrics.many_shot_above"),
+        ("metrics.few_shot_below=-1", "metrics.few_shot_below"),
     ],
 )
 def test_bad_values_name_the_key(compose_cfg, override, key):
@@ -70,6 +86,21 @@ def test_bad_values_name_the_key(compose_cfg, override, key):
     with pytest.raises(ConfigError, match=f"^{key}=") as err:
         validate(cfg)
     assert "must be" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["scheduler=warmup_multistep", "scheduler.gamma=0"], "^scheduler.gamma=0.0 is not allowed"),
+        (["optimizer=adamw", "optimizer.betas=[0.9]"], "^optimizer.betas=.* two numbers in"),
+        (["optimizer=adamw", "optimizer.betas=[0.9,1.0]"], "^optimizer.betas=.* two numbers in"),
+        (["optimizer.momentum=0", "optimizer.nesterov=true"], "^optimizer.nesterov=true .* momentum > 0"),
+        (["metrics.few_shot_below=50", "metrics.many_shot_above=20"], "^metrics.few_shot_below=50 .* <= metrics"),
+    ],
+)
+def test_bad_combinations_name_the_key(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(overrides))
 
 
 def test_scheduler_milestones_must_be_sorted(compose_cfg):

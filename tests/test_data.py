@@ -64,6 +64,32 @@ def test_cifar_truncated_pickle_names_the_file(tmp_path):
         read_cifar(tmp_path, "cifar10")
 
 
+def test_cifar_pickle_without_labels_names_file_and_key(tmp_path):
+    folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((10, 3072), dtype=np.uint8)}, fh)
+    with pytest.raises(DataError, match="test_batch: missing key b'labels'"):
+        read_cifar(tmp_path, "cifar10")
+
+
+def test_cifar_labels_out_of_range(tmp_path):
+    folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 10]}, fh)
+    with pytest.raises(DataError, match="test labels outside 0..9"):
+        read_cifar(tmp_path, "cifar10")
+
+
+def test_unknown_dataset_and_channel_mismatch(tmp_path):
+    from imbalance_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset.name=svhn_lt .* cifar100_lt, cifar10_lt, mnist_lt"):
+        create_dataset("svhn_lt", **dataset_kwargs(tmp_path))
+    write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    with pytest.raises(ConfigError, match="dataset.mean/dataset.std must have 3 values"):
+        create_dataset("cifar10_lt", **dataset_kwargs(tmp_path, mean=[0.5], std=[0.25]))
+
+
 def test_long_tailed_cifar10_bundle(tmp_path):
     write_cifar10(tmp_path, train_per_class=40, test_per_class=5)
     data = create_dataset("cifar10_lt", **dataset_kwargs(tmp_path))
