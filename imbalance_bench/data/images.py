@@ -32,6 +32,11 @@ class ImageSplit(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image the split hands out."""
+        return tuple(self.images.shape[1:])
+
     def __getitem__(self, positions):
         index = torch.as_tensor(positions, dtype=torch.long)
         return self.images[index], self.targets[index]

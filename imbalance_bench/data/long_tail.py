@@ -31,10 +31,11 @@ class DataBundle:
     """Everything the loop needs from a dataset, plus what the run directory records about it."""
 
     name: str
-    train: ImageSplit
+    train: ImageSplit  # or any batch-indexed split with `image_shape` and the same (images, targets) batches
     test: ImageSplit
     class_names: list[str]
     label_kind: str  # "single" (integer labels) or "multi" (multi-hot targets)
+    # train_class_counts / test_class_counts: images per class (positives per class when multi-label)
     transform: BatchTransform
     train_class_counts: list[int]
     test_class_counts: list[int]
@@ -47,7 +48,7 @@ class DataBundle:
 
     @property
     def in_chans(self) -> int:
-        return int(self.train.images.shape[1])
+        return int(self.train.image_shape[0])
 
     def stats(self) -> dict[str, Any]:
         """The `dataset_stats.json` record: per-class counts and how the subset was drawn."""
@@ -56,7 +57,7 @@ class DataBundle:
             "label_kind": self.label_kind,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
-            "image_shape": list(self.train.images.shape[1:]),
+            "image_shape": list(self.train.image_shape),
             "train_total": len(self.train),
             "test_total": len(self.test),
             "train_counts": self.train_class_counts,

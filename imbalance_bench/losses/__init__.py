@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imbalance_bench.errors import ConfigError
-from imbalance_bench.losses.base import ClassificationLoss
+from imbalance_bench.losses.base import ClassificationLoss, SigmoidLoss, reduce_terms
 from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
 from imbalance_bench.losses.reweight import (
     ClassBalanced,
@@ -35,6 +35,8 @@ def create_reweighting(name: str, **kwargs) -> Reweighting:
 
 __all__ = [
     "ClassificationLoss",
+    "SigmoidLoss",
+    "reduce_terms",
     "FocalLoss",
     "SigmoidCrossEntropy",
     "SoftmaxCrossEntropy",

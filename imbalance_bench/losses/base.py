@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -50,3 +51,45 @@ class ClassificationLoss(nn.Module):
         if self.sigmoid_head and num_classes > 1:
             return -math.log(num_classes - 1)
         return None
+
+    def prepare(self, class_counts: Sequence[int], num_samples: int) -> None:
+        """Called once before training with the train split's per-class (positive) counts and
+        its size; losses with data-dependent state (PLM) set it up here."""
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Called after each training epoch: update epoch-level state and return what to log,
+        as scalars (name -> float) or per-class lists (name -> list of C floats)."""
+        return {}
+
+
+def reduce_terms(
+    per_term: torch.Tensor,
+    targets: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weight (N, C) loss terms by class (see `element_weights`), zero the masked ones, reduce
+    with `batch_mean`."""
+    weights = element_weights(targets, class_weights, per_term.shape[1])
+    if weights is not None:
+        per_term = per_term * weights
+    if mask is not None:
+        per_term = per_term * mask
+    return batch_mean(per_term)
+
+
+class SigmoidLoss(ClassificationLoss):
+    """A loss made of one term per (sample, class) on one-vs-all sigmoid outputs.
+
+    Subclasses give `per_element`; wrappers such as PLM reuse it to mask single terms.
+    """
+
+    label_kinds = frozenset({"single", "multi"})
+    sigmoid_head = True
+
+    def per_element(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The (N, C) unreduced, unweighted loss terms."""
+        raise NotImplementedError
+
+    def forward(self, logits, targets, class_weights=None):
+        return reduce_terms(self.per_element(logits, targets), targets, class_weights)
