@@ -41,7 +41,8 @@ def hydra_app(cfg: DictConfig) -> float:
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     except ImbenchError as exc:
         fail(str(exc))
-    return float(metrics["final"][cfg.trainer.monitor])
+    value = metrics["final"][metrics["monitor"]]
+    return float("nan") if value is None else float(value)
 
 
 def main(argv: list[str] | None = None) -> None:

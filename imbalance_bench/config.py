@@ -43,6 +43,48 @@ class LongTailImagesSchema:
     std: List[float] = MISSING
 
 
+@dataclass
+class MultiMnistSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    canvas_size: int = MISSING
+    min_digits: int = MISSING
+    max_digits: int = MISSING
+    num_train: int = MISSING
+    num_test: int = MISSING
+    imbalance_factor: float = MISSING
+    overlap: bool = MISSING
+    seed: int = MISSING
+    augment: AugmentSchema = field(default_factory=AugmentSchema)
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+
+
+@dataclass
+class ResizedCropAugmentSchema:
+    scale: List[float] = MISSING
+    hflip: bool = MISSING
+
+
+@dataclass
+class CocoSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    image_size: int = MISSING
+    imbalance_factor: Optional[float] = MISSING
+    seed: int = MISSING
+    limit_train: Optional[int] = MISSING
+    limit_test: Optional[int] = MISSING
+    bad_images: str = MISSING
+    augment: ResizedCropAugmentSchema = field(default_factory=ResizedCropAugmentSchema)
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+
+
 # ---------------------------------------------------------------- model
 
 
@@ -66,6 +108,29 @@ class PlainLossSchema:
 class FocalLossSchema(PlainLossSchema):
     gamma: float = MISSING
     softmax: bool = MISSING
+
+
+@dataclass
+class DualFocalLossSchema(PlainLossSchema):
+    alpha: float = MISSING
+    beta: float = MISSING
+    gamma: float = MISSING
+    rho: float = MISSING
+    learnable: bool = MISSING
+    gamma_min: float = MISSING
+    gamma_max: float = MISSING
+
+
+@dataclass
+class PartialLabelMaskingSchema(PlainLossSchema):
+    base: str = MISSING
+    bins: int = MISSING
+    lr: float = MISSING
+    _recursive_: bool = MISSING
+    # the base losses' own options, composed from conf/loss/{bce,focal,dfl}.yaml
+    bce: PlainLossSchema = field(default_factory=PlainLossSchema)
+    focal: FocalLossSchema = field(default_factory=FocalLossSchema)
+    dfl: DualFocalLossSchema = field(default_factory=DualFocalLossSchema)
 
 
 @dataclass
@@ -139,9 +204,13 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for group, name, node in [
         ("dataset", "long_tail_images", LongTailImagesSchema),
+        ("dataset", "multimnist", MultiMnistSchema),
+        ("dataset", "coco", CocoSchema),
         ("model", "model", ModelSchema),
         ("loss", "plain", PlainLossSchema),
         ("loss", "focal", FocalLossSchema),
+        ("loss", "dfl", DualFocalLossSchema),
+        ("loss", "plm", PartialLabelMaskingSchema),
         ("reweight", "plain", ReweightSchema),
         ("reweight", "class_balanced", ClassBalancedSchema),
         ("optimizer", "sgd", SGDSchema),
@@ -179,17 +248,52 @@ def _optional_positive_int(v: Any) -> bool:
     return v is None or (_is_int(v) and v >= 1)
 
 
+SINGLE_LABEL_METRICS = ("top1", "top5", "mean_f2", "macro_f2")
+MULTI_LABEL_METRICS = ("map", "mean_f2", "macro_f1", "macro_f2", "precision_at_1", "precision_at_5")
+MONITOR_CHOICES = ("auto",) + SINGLE_LABEL_METRICS + tuple(m for m in MULTI_LABEL_METRICS if m not in SINGLE_LABEL_METRICS)
+
+
+def _dfl_rules(prefix: str) -> tuple[Rule, ...]:
+    return (
+        Rule(f"{prefix}.alpha", lambda v: _num(v) and v >= 0, "a number >= 0"),
+        Rule(f"{prefix}.beta", lambda v: _num(v) and v >= 0, "a number >= 0"),
+        Rule(f"{prefix}.rho", lambda v: _num(v) and v >= 1, "a number >= 1"),
+        Rule(f"{prefix}.gamma_min", lambda v: _num(v) and v >= 0, "a number >= 0"),
+        Rule(f"{prefix}.gamma_max", lambda v: _num(v) and v > 0, "a number > 0"),
+    )
+
+
 RULES: tuple[Rule, ...] = (
     Rule("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    Rule("dataset.imbalance_factor", lambda v: _num(v) and v >= 1, "a number >= 1 (1 = balanced)"),
+    Rule("dataset.imbalance_factor", lambda v: v is None or (_num(v) and v >= 1), "a number >= 1 (1 = balanced)"),
     Rule("dataset.imbalance_type", lambda v: v in ("exp", "step"), "one of: exp, step"),
     Rule("dataset.seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("dataset.limit_train", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.limit_test", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.augment.crop_padding", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Rule(
+        "dataset.augment.scale",
+        lambda v: len(v) == 2 and all(_num(x) for x in v) and 0 < v[0] <= v[1] <= 1,
+        "two numbers lo, hi with 0 < lo <= hi <= 1",
+    ),
     Rule("dataset.mean", lambda v: len(v) > 0 and all(_num(m) for m in v), "a list of finite numbers"),
     Rule("dataset.std", lambda v: len(v) > 0 and all(_num(s) and s > 0 for s in v), "a list of numbers > 0"),
+    Rule("dataset.canvas_size", lambda v: _is_int(v) and v >= 28, "an integer >= 28 (MNIST digits are 28x28)"),
+    Rule("dataset.min_digits", lambda v: _is_int(v) and 1 <= v <= 10, "an integer in 1..10"),
+    Rule("dataset.max_digits", lambda v: _is_int(v) and 1 <= v <= 10, "an integer in 1..10"),
+    Rule("dataset.num_train", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("dataset.num_test", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("dataset.image_size", lambda v: _is_int(v) and v >= 16, "an integer >= 16"),
+    Rule("dataset.bad_images", lambda v: v in ("error", "skip"), "one of: error, skip"),
     Rule("loss.gamma", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    *_dfl_rules("loss"),
+    Rule("loss.base", lambda v: v in ("bce", "focal", "dfl"), "one of: bce, focal, dfl"),
+    Rule("loss.bins", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    Rule("loss.lr", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    Rule("loss.focal.gamma", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    Rule("loss.focal.softmax", lambda v: v is False, "false (PLM masks one-vs-all sigmoid terms)"),
+    Rule("loss.dfl.gamma", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    *_dfl_rules("loss.dfl"),
     Rule("reweight.beta", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     Rule("reweight.start_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("optimizer.lr", lambda v: _num(v) and v > 0, "a number > 0"),
@@ -212,9 +316,10 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.amp_dtype", lambda v: v in ("bfloat16", "float16"), "one of: bfloat16, float16"),
     Rule("trainer.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("trainer.eval_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("trainer.monitor", lambda v: v in ("top1", "top5", "mean_f2", "macro_f2"), "one of: top1, top5, mean_f2, macro_f2"),
+    Rule("trainer.monitor", lambda v: v in MONITOR_CHOICES, "one of: " + ", ".join(MONITOR_CHOICES)),
     Rule("metrics.many_shot_above", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("metrics.few_shot_below", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Rule("metrics.threshold", lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
 )
 
 
@@ -245,6 +350,12 @@ def validate(cfg: DictConfig) -> None:
     _, momentum = _lookup(cfg, "optimizer.momentum")
     if nesterov and not momentum:
         raise ConfigError("optimizer.nesterov=true is not allowed with optimizer.momentum=0: Nesterov needs momentum > 0")
+    for prefix in ("loss", "loss.dfl"):
+        _check_gamma_range(cfg, prefix)
+    present, low = _lookup(cfg, "dataset.min_digits")
+    _, high = _lookup(cfg, "dataset.max_digits")
+    if present and high < low:
+        raise ConfigError(f"dataset.max_digits={high} is not allowed: must be >= dataset.min_digits ({low})")
     present, few = _lookup(cfg, "metrics.few_shot_below")
     _, many = _lookup(cfg, "metrics.many_shot_above")
     if present and many is not None and few > many + 1:
@@ -253,9 +364,35 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
+def _check_gamma_range(cfg: DictConfig, prefix: str) -> None:
+    present, low = _lookup(cfg, f"{prefix}.gamma_min")
+    if not present:
+        return
+    _, high = _lookup(cfg, f"{prefix}.gamma_max")
+    _, gamma = _lookup(cfg, f"{prefix}.gamma")
+    if high <= low:
+        raise ConfigError(f"{prefix}.gamma_max={high} is not allowed: must be > {prefix}.gamma_min ({low})")
+    if not low <= gamma <= high:
+        raise ConfigError(f"{prefix}.gamma={gamma} is not allowed: must lie in [{prefix}.gamma_min, {prefix}.gamma_max] = [{low}, {high}]")
+
+
+def resolve_monitor(monitor: str, label_kind: str) -> str:
+    """`trainer.monitor` for a dataset of `label_kind`: auto is top1 (single) or map (multi)."""
+    allowed = SINGLE_LABEL_METRICS if label_kind == "single" else MULTI_LABEL_METRICS
+    if monitor == "auto":
+        return allowed[0]
+    if monitor not in allowed:
+        raise ConfigError(
+            f"trainer.monitor={monitor} is not allowed for {label_kind}-label data: must be auto or one of {', '.join(allowed)}"
+        )
+    return monitor
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, str):
         return value if value else "''"
     return str(value)

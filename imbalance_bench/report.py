@@ -7,11 +7,18 @@ from typing import Any
 SUMMARY_ROWS = (
     ("top1", "top-1 acc"),
     ("top5", "top-5 acc"),
+    ("map", "mAP"),
     ("mean_f2", "mean F2"),
+    ("macro_f1", "macro F1"),
     ("macro_f2", "macro F2"),
+    ("precision_at_1", "precision@1"),
+    ("precision_at_5", "precision@5"),
     ("many_shot_top1", "many-shot acc"),
     ("medium_shot_top1", "medium-shot acc"),
     ("few_shot_top1", "few-shot acc"),
+    ("head_map", "head mAP"),
+    ("medium_map", "medium mAP"),
+    ("tail_map", "tail mAP"),
 )
 
 

@@ -23,12 +23,12 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from imbalance_bench.config import validate
+from imbalance_bench.config import resolve_monitor, validate
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import make_loader
 from imbalance_bench.errors import ConfigError, ImbenchError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
-from imbalance_bench.metrics import is_scalar_metric, single_label_metrics
+from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of
 from imbalance_bench.report import format_summary
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
@@ -47,12 +47,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
 
     data = build_data(cfg, run_dir)
-    criterion, reweighting = build_loss(cfg, data)
+    criterion, reweighting = build_loss(cfg, data, device)
     model = build_model(cfg, data, criterion, device)
-    optimizer, scheduler = build_optimizer(cfg, model)
+    optimizer, scheduler = build_optimizer(cfg, model, criterion)
 
     started = time.perf_counter()
-    history = fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir)
+    history = History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind))
+    fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir, history)
     metrics = summarize(cfg, data, history, device, time.perf_counter() - started)
 
     write_json(run_dir / "metrics.json", metrics)
@@ -123,16 +124,17 @@ def build_model(cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss
     return model.to(device)
 
 
-def build_loss(cfg: DictConfig, data: DataBundle) -> tuple[ClassificationLoss, Reweighting]:
-    """The loss and the class re-weighting; sigmoid heads get their prior bias here."""
+def build_loss(cfg: DictConfig, data: DataBundle, device: torch.device) -> tuple[ClassificationLoss, Reweighting]:
+    """The loss, fitted to the train split's class counts, and the class re-weighting."""
     criterion: ClassificationLoss = instantiate(cfg.loss)
     if data.label_kind not in criterion.label_kinds:
         raise ConfigError(
             f"loss={cfg.loss.name} is not allowed with dataset={cfg.dataset.name} ({data.label_kind}-label); "
             f"it supports {', '.join(sorted(criterion.label_kinds))}-label data"
         )
+    criterion.prepare(data.train_class_counts, len(data.train))
     reweighting: Reweighting = instantiate(cfg.reweight)
-    return criterion, reweighting
+    return criterion.to(device), reweighting
 
 
 def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, num_classes: int) -> None:
@@ -142,8 +144,14 @@ def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, 
             classifier_of(model).bias.fill_(bias)
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module):
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, criterion: ClassificationLoss):
+    """The optimiser over the model and any learnable loss parameter (DFL's gamma), the latter
+    without weight decay, which would pull it toward 0 rather than where the loss wants it."""
+    groups = [{"params": list(model.parameters())}]
+    loss_params = [p for p in criterion.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0})
+    optimizer = instantiate(cfg.optimizer)(params=groups)
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_epochs=cfg.trainer.epochs)
     return optimizer, scheduler
 
@@ -153,13 +161,14 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module):
 
 @dataclass
 class History:
+    monitor: str  # the metric that picks the best epoch (trainer.monitor resolved for the label kind)
     epochs: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     best_epoch: int | None = None
     best_value: float = -float("inf")
 
 
-def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir: Path) -> History:
+def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir: Path, history: History) -> History:
     """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each epoch."""
     trainer = cfg.trainer
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -171,7 +180,6 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
     precision = Precision(device, trainer.amp, trainer.amp_dtype)
     writer = tensorboard_writer(run_dir)
     (run_dir / "summary.csv").unlink(missing_ok=True)  # a re-run in the same folder starts over
-    history = History()
     for epoch in range(trainer.epochs):
         weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
         weights = None if weights is None else weights.to(device)
@@ -181,13 +189,17 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
         )
         scheduler.step()
         record = {"epoch": epoch + 1, "step": history.steps, "lr": lr, "train_loss": train_loss}
+        loss_state = criterion.end_epoch()
+        if loss_state:
+            record["loss_state"] = loss_state
         last = stop or epoch + 1 == trainer.epochs
         if (epoch + 1) % trainer.eval_every == 0 or last:
             record.update(evaluate(cfg, data, model, criterion, device, precision))
-            if record[trainer.monitor] > history.best_value:
-                history.best_value, history.best_epoch = record[trainer.monitor], epoch + 1
+            value = record[history.monitor]
+            if value is not None and value > history.best_value:
+                history.best_value, history.best_epoch = value, epoch + 1
         history.epochs.append(record)
-        write_epoch(run_dir, writer, record)
+        write_epoch(run_dir, writer, record, data.class_names)
         log.info("%s", format_epoch(record, trainer.epochs))
         save_checkpoint(
             run_dir / "checkpoints" / "last.pt",
@@ -198,6 +210,7 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": precision.scaler.state_dict(),
+                "loss": criterion.state_dict(),  # DFL's learnable gamma, PLM's ratios and histograms
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
         )
@@ -230,6 +243,7 @@ class Precision:
 def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, precision, augment_gen, epoch, step, device):
     """One pass over the train split; returns (mean loss, global step, whether max_steps was hit)."""
     model.train()
+    criterion.train()
     total, seen, stop = 0.0, 0, False
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
@@ -268,6 +282,7 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
 def evaluate(cfg, data: DataBundle, model, criterion, device, precision) -> dict[str, Any]:
     """Scores on the whole test split, then every metric of its label kind."""
     model.eval()
+    criterion.eval()
     loader = make_loader(data.test, cfg.trainer.eval_batch_size, shuffle=False, num_workers=cfg.trainer.num_workers)
     all_logits, all_targets, total = [], [], 0.0
     for images, targets in loader:
@@ -280,9 +295,11 @@ def evaluate(cfg, data: DataBundle, model, criterion, device, precision) -> dict
         all_targets.append(targets.cpu())
     scores = np.nan_to_num(torch.cat(all_logits).numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
     labels = torch.cat(all_targets).numpy()
-    result = single_label_metrics(
-        labels, scores, data.train_class_counts, cfg.metrics.many_shot_above, cfg.metrics.few_shot_below
-    )
+    groups = {"many_shot_above": cfg.metrics.many_shot_above, "few_shot_below": cfg.metrics.few_shot_below}
+    if data.label_kind == "multi":
+        result = multi_label_metrics(labels, scores, data.train_class_counts, threshold=cfg.metrics.threshold, **groups)
+    else:
+        result = single_label_metrics(labels, scores, data.train_class_counts, **groups)
     test_loss = total / max(len(labels), 1)
     result["test_loss"] = test_loss if np.isfinite(test_loss) else None
     return result
@@ -299,34 +316,47 @@ def tensorboard_writer(run_dir: Path):
 
 def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
     text = f"epoch {record['epoch']}/{total_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}"
-    if "top1" in record:
-        test_loss = "nan" if record["test_loss"] is None else f"{record['test_loss']:.4f}"
-        text += f"  test loss {test_loss}  top-1 {100 * record['top1']:.2f}  top-5 {100 * record['top5']:.2f}"
+    if "test_loss" in record:
+        text += "  test loss " + ("nan" if record["test_loss"] is None else f"{record['test_loss']:.4f}")
+    shown = (("top1", "top-1"), ("top5", "top-5"), ("map", "mAP"), ("mean_f2", "mean F2"))
+    for key, label in shown if "top1" not in record else shown[:2]:
+        if record.get(key) is not None:
+            text += f"  {label} {100 * record[key]:.2f}"
     return text
 
 
 SUMMARY_COLUMNS = (
-    "epoch", "step", "lr", "train_loss", "test_loss", "top1", "top5", "mean_f2", "macro_f2",
-    "many_shot_top1", "medium_shot_top1", "few_shot_top1",
+    "epoch", "step", "lr", "train_loss", "test_loss", "top1", "top5", "map", "mean_f2", "macro_f1", "macro_f2",
+    "precision_at_1", "precision_at_5", "many_shot_top1", "medium_shot_top1", "few_shot_top1",
+    "head_map", "medium_map", "tail_map",
 )
 
 
-def write_epoch(run_dir: Path, writer, record: dict[str, Any]) -> None:
-    """One row of `summary.csv` and the epoch's TensorBoard scalars."""
+def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list[str]) -> None:
+    """One row of `summary.csv` and the epoch's TensorBoard scalars (the loss's own state as
+    `loss/<key>`, per class as `loss/<key>/<class>`)."""
     append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
     names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr"}
     for key, value in record.items():
         if key in ("epoch", "step") or not is_scalar_metric(value):
             continue
         writer.add_scalar(names.get(key, f"test/{key}"), value, record["epoch"])
+    for key, value in record.get("loss_state", {}).items():
+        if isinstance(value, list):
+            for name, item in zip(class_names, value):
+                if is_scalar_metric(item):
+                    writer.add_scalar(f"loss/{key}/{name}", item, record["epoch"])
+        elif is_scalar_metric(value):
+            writer.add_scalar(f"loss/{key}", value, record["epoch"])
     writer.flush()
 
 
 def summarize(cfg: DictConfig, data: DataBundle, history: History, device, seconds: float) -> dict[str, Any]:
     """The `metrics.json` record: the last and the best evaluated epoch, and what was run."""
-    evaluated = [r for r in history.epochs if cfg.trainer.monitor in r]
+    evaluated = [r for r in history.epochs if history.monitor in r]
     final = evaluated[-1]
-    best = next(r for r in evaluated if r["epoch"] == history.best_epoch)
+    # a monitor that was never defined (None: e.g. no test positives at all) falls back to the last epoch
+    best = next((r for r in evaluated if r["epoch"] == history.best_epoch), final)
     return {
         "schema_version": METRICS_SCHEMA_VERSION,
         "status": "completed",
@@ -337,7 +367,7 @@ def summarize(cfg: DictConfig, data: DataBundle, history: History, device, secon
         "label_kind": data.label_kind,
         "seed": cfg.seed,
         "device": str(device),
-        "monitor": cfg.trainer.monitor,
+        "monitor": history.monitor,
         "monitor_split": "test",
         "epochs_completed": history.epochs[-1]["epoch"],
         "steps": history.steps,
