@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
-from imbalance_bench.config import CONFIG_GROUPS, validate
+from imbalance_bench.config import CONFIG_GROUPS, resolve_monitor, validate
 from imbalance_bench.errors import ConfigError, ImbenchError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -76,6 +76,7 @@ def preflight(argv: list[str]) -> None:
             check_group_options(overrides)
             cfg = compose_job(overrides)
             validate(cfg)
+            check_monitor(cfg)
 
 
 def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -98,6 +99,15 @@ def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         # A sweeper of another kind (e.g. Optuna's interval()) describes its own grid: check the base.
         return [[o.input_line for o in parsed if not o.is_sweep_override()]]
     return [job for batch in batches for job in batch]
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """trainer.monitor must name a metric of the dataset's label kind."""
+    from imbalance_bench.data import dataset_label_kind
+
+    label_kind = dataset_label_kind(str(cfg.dataset.get("name", "")))
+    if label_kind is not None:
+        resolve_monitor(cfg.trainer.monitor, label_kind)
 
 
 def check_group_options(overrides: list[str]) -> None:

@@ -76,6 +76,7 @@ class CocoSchema:
     download: bool = MISSING
     image_size: int = MISSING
     imbalance_factor: Optional[float] = MISSING
+    head_count: Optional[int] = MISSING
     seed: int = MISSING
     limit_train: Optional[int] = MISSING
     limit_test: Optional[int] = MISSING
@@ -270,6 +271,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dataset.seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("dataset.limit_train", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.limit_test", _optional_positive_int, "null or an integer >= 1"),
+    Rule("dataset.head_count", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.augment.crop_padding", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule(
         "dataset.augment.scale",

@@ -83,7 +83,7 @@ def test_cifar_labels_out_of_range(tmp_path):
 def test_unknown_dataset_and_channel_mismatch(tmp_path):
     from imbalance_bench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="dataset.name=svhn_lt .* cifar100_lt, cifar10_lt, mnist_lt"):
+    with pytest.raises(ConfigError, match="dataset.name=svhn_lt .* cifar100_lt, cifar10_lt, coco, mnist_lt, multimnist"):
         create_dataset("svhn_lt", **dataset_kwargs(tmp_path))
     write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
     with pytest.raises(ConfigError, match="dataset.mean/dataset.std must have 3 values"):

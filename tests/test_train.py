@@ -92,6 +92,6 @@ def test_build_model_sets_the_sigmoid_prior(compose_cfg, data_root, tmp_path):
 
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", "loss=bce", *SMOKE])
     data = build_data(cfg, tmp_path)
-    criterion, _ = build_loss(cfg, data)
+    criterion, _ = build_loss(cfg, data, torch.device("cpu"))
     model = build_model(cfg, data, criterion, torch.device("cpu"))
     assert torch.allclose(model.fc.bias, torch.full((10,), -math.log(9)))

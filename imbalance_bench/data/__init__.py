@@ -6,20 +6,31 @@ from pathlib import Path
 from typing import Callable
 
 from imbalance_bench.data.cifar import load_cifar
+from imbalance_bench.data.coco import build_coco
 from imbalance_bench.data.images import BatchTransform
 from imbalance_bench.data.long_tail import DataBundle, make_long_tail_bundle
 from imbalance_bench.data.mnist import load_mnist
+from imbalance_bench.data.multimnist import build_multimnist
 from imbalance_bench.errors import ConfigError
 
 _DATASETS: dict[str, Callable[..., DataBundle]] = {}
+_LABEL_KINDS: dict[str, str] = {}
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, label_kind: str = "single"):
+    """Register a builder; `label_kind` ("single" or "multi") lets the CLI check label-kind
+    dependent keys (trainer.monitor) before any data is read."""
+
     def wrap(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         _DATASETS[name] = fn
+        _LABEL_KINDS[name] = label_kind
         return fn
 
     return wrap
+
+
+def dataset_label_kind(name: str) -> str | None:
+    return _LABEL_KINDS.get(name)
 
 
 def list_datasets() -> list[str]:
@@ -64,5 +75,7 @@ def _long_tail_from(raw_loader: Callable[[str, bool], object]) -> Callable[..., 
 register_dataset("cifar10_lt")(_long_tail_from(lambda root, download: load_cifar(root, "cifar10", download)))
 register_dataset("cifar100_lt")(_long_tail_from(lambda root, download: load_cifar(root, "cifar100", download)))
 register_dataset("mnist_lt")(_long_tail_from(load_mnist))
+register_dataset("multimnist", label_kind="multi")(build_multimnist)
+register_dataset("coco", label_kind="multi")(build_coco)
 
-__all__ = ["DataBundle", "create_dataset", "list_datasets", "register_dataset"]
+__all__ = ["DataBundle", "create_dataset", "dataset_label_kind", "list_datasets", "register_dataset"]

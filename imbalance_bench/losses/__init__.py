@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from imbalance_bench.errors import ConfigError
 from imbalance_bench.losses.base import ClassificationLoss, SigmoidLoss, reduce_terms
+from imbalance_bench.losses.dfl import DualFocalLoss, dual_focal_terms
 from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from imbalance_bench.losses.plm import PartialLabelMasking
 from imbalance_bench.losses.reweight import (
     ClassBalanced,
     InverseFrequency,
@@ -15,7 +17,24 @@ from imbalance_bench.losses.reweight import (
 from imbalance_bench.losses.sigmoid_bce import SigmoidCrossEntropy, sigmoid_cross_entropy
 from imbalance_bench.losses.softmax_ce import SoftmaxCrossEntropy, softmax_cross_entropy
 
-LOSSES = {"ce": SoftmaxCrossEntropy, "bce": SigmoidCrossEntropy, "focal": FocalLoss}
+
+
+def create_plm(base: str, bins: int, lr: float, **base_configs) -> PartialLabelMasking:
+    """PLM around the base loss `base`, built from its own config node (`loss.<base>`)."""
+    options = {str(k): v for k, v in base_configs[base].items() if not str(k).startswith("_")}
+    base_loss = create_loss(**options)
+    if not isinstance(base_loss, SigmoidLoss) or getattr(base_loss, "softmax", False):
+        raise ConfigError(f"loss.base={base} is not allowed: PLM needs a one-vs-all sigmoid loss (bce, focal, dfl)")
+    return PartialLabelMasking(base_loss, bins=bins, lr=lr)
+
+
+LOSSES = {
+    "ce": SoftmaxCrossEntropy,
+    "bce": SigmoidCrossEntropy,
+    "focal": FocalLoss,
+    "dfl": DualFocalLoss,
+    "plm": create_plm,
+}
 REWEIGHTINGS = {"none": Reweighting, "cb": ClassBalanced, "inverse_freq": InverseFrequency}
 
 
@@ -35,6 +54,10 @@ def create_reweighting(name: str, **kwargs) -> Reweighting:
 
 __all__ = [
     "ClassificationLoss",
+    "DualFocalLoss",
+    "PartialLabelMasking",
+    "create_plm",
+    "dual_focal_terms",
     "SigmoidLoss",
     "reduce_terms",
     "FocalLoss",

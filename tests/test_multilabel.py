@@ -1,0 +1,131 @@
+"""Multi-label runs through the one training loop: MultiMNIST-LT and COCO end to end, DFL's
+learnable gamma and PLM's ratios in TensorBoard and the checkpoint, CB weights from positives."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SMOKE
+from coco_files import write_coco
+from test_cli import read_scalars
+
+from imbalance_bench.losses import class_balanced_weights
+from imbalance_bench.train import run
+
+MULTI_LABEL_KEYS = ("map", "mean_f2", "macro_f1", "macro_f2", "precision_at_1", "precision_at_5",
+                    "head_map", "medium_map", "tail_map", "per_class_ap")
+TINY_MULTIMNIST = ["dataset=multimnist", "dataset.num_train=64", "dataset.num_test=32", "dataset.canvas_size=56",
+                   "dataset.imbalance_factor=10"]
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    write_coco(root)
+    return root
+
+
+def test_multimnist_plm_end_to_end(imbench, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = imbench(*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=plm", "loss.base=focal", *SMOKE,
+                   "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=32", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["label_kind"] == "multi" and metrics["monitor"] == "map" and metrics["loss"] == "plm"
+    for key in MULTI_LABEL_KEYS:
+        assert key in metrics["final"], key
+    assert "top1" not in metrics["final"]
+    assert len(metrics["final"]["per_class_ap"]) == 10
+    assert 0.0 <= metrics["final"]["map"] <= 1.0
+    # PLM's state after each epoch: per-class ratios and divergences, in metrics.json and TensorBoard
+    state = metrics["final"]["loss_state"]
+    assert len(state["target_ratio"]) == 10 and len(state["divergence_pos"]) == 10
+    scalars = read_scalars(run_dir)
+    for tag in ("test/map", "test/mean_f2", "loss/target_ratio/0", "loss/target_ratio/9", "loss/divergence_neg/3"):
+        assert len(scalars[tag]) == 2, tag
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert torch.allclose(checkpoint["loss"]["target_ratio"].double(), torch.tensor(state["target_ratio"]).double())
+    stats = json.loads((run_dir / "dataset_stats.json").read_text())
+    assert stats["label_kind"] == "multi" and stats["cache"] == "created"
+    assert stats["train_counts"][0] == 10 * stats["train_counts"][-1] or stats["train_counts"][0] > stats["train_counts"][-1]
+    assert "mAP" in proc.stdout + proc.stderr  # the summary table
+
+    again = imbench(*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=bce", *SMOKE, f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "dataset_stats.json").read_text())["cache"] == "reused"
+
+
+def test_coco_resnet50_one_step(imbench, coco_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = imbench("dataset=coco", "model=resnet50", f"dataset.root={coco_root}", "dataset.image_size=64",
+                   "trainer.max_steps=1", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.batch_size=8",
+                   "trainer.epochs=1", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    stats = json.loads((run_dir / "dataset_stats.json").read_text())
+    assert metrics["steps"] == 1 and metrics["model"] == "resnet50" and metrics["label_kind"] == "multi"
+    assert stats["num_classes"] == 80 and stats["image_shape"] == [3, 64, 64]
+    assert stats["skipped_no_annotation"]["train"] >= 1
+    assert len(metrics["final"]["per_class_ap"]) == 80
+    # classes with no test positive have no AP; mAP averages the others
+    present = [ap for ap, n in zip(metrics["final"]["per_class_ap"], stats["test_counts"]) if n > 0]
+    assert all(ap is not None for ap in present)
+    assert metrics["final"]["map"] == pytest.approx(sum(present) / len(present))
+
+
+def test_coco_missing_image_is_one_line(imbench, tmp_path):
+    root = write_coco(tmp_path / "coco")
+    victim = next((root / "train2017").iterdir())
+    victim.unlink()
+    proc = imbench("dataset=coco", f"dataset.root={root}", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imbench: error: ") and victim.name in lines[0], proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_dfl_learnable_gamma_is_trained_logged_and_saved(compose_cfg, data_root, tmp_path):
+    cfg = compose_cfg([*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=dfl", "loss.learnable=true",
+                       "loss.gamma=2.0", *SMOKE, "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=32",
+                       "optimizer.lr=0.5"])
+    metrics = run(cfg, tmp_path)
+    gammas = read_scalars(tmp_path)["loss/gamma"]
+    assert len(gammas) == 2
+    assert gammas[-1] != pytest.approx(2.0, abs=1e-6)  # it moved
+    assert 0.0 <= min(gammas) and max(gammas) <= 5.0
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert "gamma_logit" in checkpoint["loss"]
+    assert metrics["final"]["loss_state"]["gamma"] == pytest.approx(gammas[-1], rel=1e-5)
+    # the loss parameter is in the optimiser, without weight decay
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0
+
+
+def test_cb_weights_from_positive_counts_reach_a_multi_label_loss(compose_cfg, data_root, tmp_path, monkeypatch):
+    import imbalance_bench.train as train_module
+
+    seen = []
+    original = train_module.train_one_epoch
+
+    def spy(cfg, data, model, criterion, weights, *rest):
+        seen.append(weights.clone())
+        return original(cfg, data, model, criterion, weights, *rest)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", spy)
+    cfg = compose_cfg([*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=bce", "reweight=cb", "reweight.beta=0.99",
+                       *SMOKE])
+    run(cfg, tmp_path)
+    positives = json.loads((tmp_path / "dataset_stats.json").read_text())["train_counts"]
+    assert positives[0] > positives[-1]
+    assert torch.allclose(seen[0], class_balanced_weights(positives, 0.99))
+
+
+def test_single_label_monitor_on_multi_label_data_is_refused(imbench, data_root, tmp_path):
+    proc = imbench(*TINY_MULTIMNIST, f"dataset.root={data_root}", "trainer.monitor=top1", *SMOKE,
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "imbench: error: trainer.monitor=top1 is not allowed for multi-label data: "
+        "must be auto or one of map, mean_f2, macro_f1, macro_f2, precision_at_1, precision_at_5"
+    ]
