@@ -28,8 +28,9 @@ def coco_root(tmp_path_factory):
 
 def test_multimnist_plm_end_to_end(imbench, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = imbench(*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=plm", "loss.base=focal", *SMOKE,
-                   "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=32", f"hydra.run.dir={run_dir}")
+    proc = imbench("experiment=plm_multimnist", *TINY_MULTIMNIST, f"dataset.root={data_root}", "loss.base=focal",
+                   *SMOKE, "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=32",
+                   f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["label_kind"] == "multi" and metrics["monitor"] == "map" and metrics["loss"] == "plm"
@@ -72,6 +73,27 @@ def test_coco_resnet50_one_step(imbench, coco_root, tmp_path):
     present = [ap for ap, n in zip(metrics["final"]["per_class_ap"], stats["test_counts"]) if n > 0]
     assert all(ap is not None for ap in present)
     assert metrics["final"]["map"] == pytest.approx(sum(present) / len(present))
+
+
+@pytest.mark.parametrize("model, timm_name", [("resnet50", "resnet50"), ("resnet101", "resnet101"),
+                                              ("seresnext101", "seresnext101_32x4d")])
+def test_focal_coco_f2_preset_composes(compose_cfg, model, timm_name):
+    overrides = ["experiment=focal_coco_f2"] + ([] if model == "resnet50" else [f"model={model}"])
+    cfg = compose_cfg(overrides)
+    assert cfg.dataset.name == "coco" and cfg.loss.name == "focal" and cfg.loss.gamma == 2.0
+    assert cfg.model.name == timm_name and cfg.model.pretrained is True
+    assert cfg.trainer.monitor == "mean_f2" and cfg.reweight.name == "none"
+
+
+def test_focal_coco_f2_preset_runs_with_resnet101(imbench, coco_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = imbench("experiment=focal_coco_f2", "model=resnet101", "model.pretrained=false", f"dataset.root={coco_root}",
+                   "dataset.image_size=32", *SMOKE, "trainer.max_steps=1", "trainer.batch_size=4",
+                   f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "resnet101" and metrics["monitor"] == "mean_f2" and metrics["steps"] == 1
+    assert metrics["best"]["mean_f2"] == metrics["final"]["mean_f2"]
 
 
 def test_coco_missing_image_is_one_line(imbench, tmp_path):
