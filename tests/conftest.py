@@ -41,6 +41,18 @@ def compose_cfg():
     return _compose
 
 
+def random_batch(num_samples: int, num_classes: int, positive_rate: float, seed: int = 0):
+    """Seeded (logits, integer labels, multi-hot targets, class weights) for loss tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_samples, num_classes, generator=g) * 3
+    labels = torch.randint(0, num_classes, (num_samples,), generator=g)
+    multi_hot = (torch.rand(num_samples, num_classes, generator=g) < positive_rate).float()
+    weights = torch.rand(num_classes, generator=g) + 0.5
+    return logits, labels, multi_hot, weights
+
+
 def run_imbench(args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m imbalance_bench ARGS` in `cwd` (offline: no hub look-ups)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

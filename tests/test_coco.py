@@ -438,4 +438,4 @@ def test_bad_options_name_the_key(tmp_path, over, key):
 
 def test_split_rejects_mismatched_targets():
     with pytest.raises(ValueError, match="2 paths"):
-        CocoSplit(["a.jpg", "b.jpg"], torch.zeros(3, 80), 32, train=False)
+        CocoSplit(["a.jpg", "b.jpg"], torch.zeros(3, 80), 32, train=False, scale=(0.5, 1.0))

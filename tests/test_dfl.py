@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from conftest import random_batch
+
 from imbalance_bench.losses.dfl import DualFocalLoss, dual_focal_terms
 from imbalance_bench.losses.sigmoid_bce import sigmoid_cross_entropy
 
@@ -15,12 +17,7 @@ def make_dfl(alpha=1.0, beta=1.0, gamma=2.0, rho=1.0, learnable=True, gamma_min=
 
 @pytest.fixture
 def batch():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(32, 6, generator=g) * 3
-    labels = torch.randint(0, 6, (32,), generator=g)
-    multi_hot = (torch.rand(32, 6, generator=g) < 0.3).float()
-    weights = torch.rand(6, generator=g) + 0.5
-    return logits, labels, multi_hot, weights
+    return random_batch(32, 6, 0.3)
 
 
 def test_reduces_to_sigmoid_cross_entropy(batch):

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_batch
+
 from imbalance_bench.losses.base import reduce_terms
 from imbalance_bench.losses.dfl import DualFocalLoss
 from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss
@@ -33,12 +35,7 @@ def make_plm(base=None, bins=10, lr=0.5, prepared=True):
 
 @pytest.fixture
 def batch():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(64, 4, generator=g) * 3
-    labels = torch.randint(0, 4, (64,), generator=g)
-    multi_hot = (torch.rand(64, 4, generator=g) < 0.4).float()
-    weights = torch.rand(4, generator=g) + 0.5
-    return logits, labels, multi_hot, weights
+    return random_batch(64, 4, 0.4)
 
 
 def test_class_ratios_and_keep_probabilities_by_hand():

@@ -290,7 +290,7 @@ class CocoSplit(torch.utils.data.Dataset):
         targets: torch.Tensor,
         image_size: int,
         train: bool,
-        scale: tuple[float, float] = (0.08, 1.0),
+        scale: tuple[float, float],
     ):
         if targets.ndim != 2 or len(targets) != len(paths):
             raise ValueError(f"{len(paths)} paths but targets of shape {tuple(targets.shape)}")
