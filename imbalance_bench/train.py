@@ -333,21 +333,20 @@ SUMMARY_COLUMNS = (
 
 
 def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list[str]) -> None:
-    """One row of `summary.csv` and the epoch's TensorBoard scalars (the loss's own state as
-    `loss/<key>`, per class as `loss/<key>/<class>`)."""
+    """One row of `summary.csv` and the epoch's TensorBoard scalars: test metrics as `test/<key>`
+    (per-class lists as `test/<key>/<class>`), the loss's own state as `loss/<key>[/<class>]`."""
     append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
     names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr"}
-    for key, value in record.items():
-        if key in ("epoch", "step") or not is_scalar_metric(value):
-            continue
-        writer.add_scalar(names.get(key, f"test/{key}"), value, record["epoch"])
-    for key, value in record.get("loss_state", {}).items():
-        if isinstance(value, list):
-            for name, item in zip(class_names, value):
-                if is_scalar_metric(item):
-                    writer.add_scalar(f"loss/{key}/{name}", item, record["epoch"])
-        elif is_scalar_metric(value):
-            writer.add_scalar(f"loss/{key}", value, record["epoch"])
+    metrics = {k: v for k, v in record.items() if k not in ("epoch", "step", "loss_state")}
+    for prefix, values in (("test", metrics), ("loss", record.get("loss_state", {}))):
+        for key, value in values.items():
+            tag = names.get(key, f"{prefix}/{key}")
+            if isinstance(value, list):
+                for name, item in zip(class_names, value):
+                    if is_scalar_metric(item):
+                        writer.add_scalar(f"{tag}/{name}", item, record["epoch"])
+            elif is_scalar_metric(value):
+                writer.add_scalar(tag, value, record["epoch"])
     writer.flush()
 
 
