@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
-from imbalance_bench.config import CONFIG_GROUPS, resolve_monitor, validate
-from imbalance_bench.errors import ConfigError, ImbenchError
+from imbalance_bench.config import CONFIG_GROUPS, check_label_kind, validate
+from imbalance_bench.errors import ConfigError, ImbenchError, user_message
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_USER_ERROR = 2
@@ -40,7 +40,7 @@ def hydra_app(cfg: DictConfig) -> float:
     try:
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     except ImbenchError as exc:
-        fail(str(exc))
+        fail(user_message(exc))
     value = metrics["final"][metrics["monitor"]]
     return float("nan") if value is None else float(value)
 
@@ -76,7 +76,7 @@ def preflight(argv: list[str]) -> None:
             check_group_options(overrides)
             cfg = compose_job(overrides)
             validate(cfg)
-            check_monitor(cfg)
+            check_dataset_label_kind(cfg)
 
 
 def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -101,13 +101,13 @@ def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def check_monitor(cfg: DictConfig) -> None:
-    """trainer.monitor must name a metric of the dataset's label kind."""
+def check_dataset_label_kind(cfg: DictConfig) -> None:
+    """trainer.monitor and the loss must suit the dataset's label kind (known before any data is read)."""
     from imbalance_bench.data import dataset_label_kind
 
     label_kind = dataset_label_kind(str(cfg.dataset.get("name", "")))
     if label_kind is not None:
-        resolve_monitor(cfg.trainer.monitor, label_kind)
+        check_label_kind(cfg, label_kind)
 
 
 def check_group_options(overrides: list[str]) -> None:

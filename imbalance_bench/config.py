@@ -354,6 +354,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("optimizer.nesterov=true is not allowed with optimizer.momentum=0: Nesterov needs momentum > 0")
     for prefix in ("loss", "loss.dfl"):
         _check_gamma_range(cfg, prefix)
+    present, head_count = _lookup(cfg, "dataset.head_count")
+    if present and head_count is not None and _lookup(cfg, "dataset.imbalance_factor")[1] is None:
+        raise ConfigError(
+            f"dataset.head_count={head_count} is not allowed with dataset.imbalance_factor=null: "
+            "it sizes the head of the long-tailed subset; set dataset.imbalance_factor too"
+        )
     present, low = _lookup(cfg, "dataset.min_digits")
     _, high = _lookup(cfg, "dataset.max_digits")
     if present and high < low:
@@ -372,7 +378,8 @@ def _check_gamma_range(cfg: DictConfig, prefix: str) -> None:
         return
     _, high = _lookup(cfg, f"{prefix}.gamma_max")
     _, gamma = _lookup(cfg, f"{prefix}.gamma")
-    if high <= low:
+    _, learnable = _lookup(cfg, f"{prefix}.learnable")
+    if learnable and high <= low:
         raise ConfigError(f"{prefix}.gamma_max={high} is not allowed: must be > {prefix}.gamma_min ({low})")
     if not low <= gamma <= high:
         raise ConfigError(f"{prefix}.gamma={gamma} is not allowed: must lie in [{prefix}.gamma_min, {prefix}.gamma_max] = [{low}, {high}]")
@@ -388,6 +395,22 @@ def resolve_monitor(monitor: str, label_kind: str) -> str:
             f"trainer.monitor={monitor} is not allowed for {label_kind}-label data: must be auto or one of {', '.join(allowed)}"
         )
     return monitor
+
+
+def check_label_kind(cfg: DictConfig, label_kind: str) -> None:
+    """Keys that depend on the dataset's label kind: the monitor, and no softmax loss on multi-label data."""
+    resolve_monitor(cfg.trainer.monitor, label_kind)
+    if label_kind != "multi":
+        return
+    dataset = cfg.dataset.name
+    if cfg.loss.name == "ce":
+        raise ConfigError(
+            f"loss=ce is not allowed with dataset={dataset} (multi-label): use one of bce, focal, dfl, plm"
+        )
+    if cfg.loss.get("softmax") is True:
+        raise ConfigError(
+            f"loss.softmax=true is not allowed with dataset={dataset} (multi-label): softmax needs one label per image"
+        )
 
 
 def _show(value: Any) -> str:

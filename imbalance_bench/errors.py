@@ -1,5 +1,9 @@
 """User-facing errors: the CLI prints their message as one line and exits with code 2."""
 
+import re
+
+_CLASS_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Diverged): ")
+
 
 class ImbenchError(Exception):
     """A problem the user can fix (bad config value, missing dataset, missing weights)."""
@@ -11,3 +15,17 @@ class ConfigError(ImbenchError):
 
 class DataError(ImbenchError):
     """A dataset file is missing or unreadable; the message names the file."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line to show for a user error.
+
+    An error raised in a DataLoader worker comes back with the worker's traceback in its
+    message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); its
+    last line is the original message, behind the exception's class name.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        return _CLASS_PREFIX.sub("", last)
+    return text.splitlines()[0] if text else type(exc).__name__

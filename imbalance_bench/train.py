@@ -251,6 +251,8 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     for images, targets in bar:
+        if len(images) == 0:  # every image of the batch was unreadable and skipped (COCO, bad_images=skip)
+            continue
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         inputs = data.transform(images, train=True, generator=augment_gen)
@@ -286,6 +288,8 @@ def evaluate(cfg, data: DataBundle, model, criterion, device, precision) -> dict
     loader = make_loader(data.test, cfg.trainer.eval_batch_size, shuffle=False, num_workers=cfg.trainer.num_workers)
     all_logits, all_targets, total = [], [], 0.0
     for images, targets in loader:
+        if len(images) == 0:
+            continue
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with precision.autocast():

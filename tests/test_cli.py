@@ -150,6 +150,9 @@ BAD_INPUTS = [
     (["loss=plm", "loss.bins=1"], "loss.bins=1", ">= 2"),
     (["metrics.threshold=1.5"], "metrics.threshold=1.5", "(0, 1)"),
     (["trainer.monitor=auc"], "trainer.monitor=auc", "auto, top1"),
+    (["dataset=multimnist", "loss=ce"], "loss=ce", "bce, focal, dfl, plm"),
+    (["dataset=coco", "loss.softmax=true"], "loss.softmax=true", "one label per image"),
+    (["dataset=coco", "dataset.head_count=100"], "dataset.head_count=100", "dataset.imbalance_factor"),
 ]
 
 
@@ -194,3 +197,15 @@ def test_cuda_requested_without_gpu(imbench, data_root):
         pytest.skip("a GPU is visible")
     proc = imbench("dataset=cifar10_lt", f"dataset.root={data_root}", "trainer.device=cuda")
     assert proc.returncode == 2 and "trainer.device=cuda" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_user_message_unwraps_a_loader_worker_error():
+    from imbalance_bench.errors import DataError, user_message
+
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "worker.py", line 349, in _worker_loop\n    data = fetcher.fetch(index)\n'
+        "imbalance_bench.errors.DataError: /data/coco/train2017/1.jpg: unreadable image (truncated)\n"
+    )
+    assert user_message(wrapped) == "/data/coco/train2017/1.jpg: unreadable image (truncated)"
+    assert user_message(DataError("a.json: file not found")) == "a.json: file not found"

@@ -10,6 +10,8 @@ from dataset_files import write_idx
 from imbalance_bench.data.images import BatchTransform
 from imbalance_bench.data.mnist import FILES, load_mnist
 from imbalance_bench.data.multimnist import (
+    checked_quota,
+    mix_label_matrix,
     build_multimnist,
     digits_per_image,
     fill_label_matrix,
@@ -237,6 +239,22 @@ def test_gale_ryser_and_ryser_fill():
         assert gale_ryser_feasible(rows, cols)
         filled = fill_label_matrix(rows, cols, rng)
         assert filled.sum(1).tolist() == rows.tolist() and filled.sum(0).tolist() == cols
+
+
+def test_label_sets_are_not_tied_to_the_digit_count():
+    """The greedy fill alone gives a balanced split whose 1-digit images hold only the last
+    classes; after the swaps every class is equally likely there, with the margins unchanged."""
+    rng = np.random.default_rng(0)
+    quota = checked_quota("test", 4000, 1.0, 1, 4)
+    rows = digits_per_image(4000, quota, 1, 4, rng)
+    greedy = fill_label_matrix(rows, quota, rng)
+    assert greedy[rows == 1, :5].sum() == 0  # the structure being removed
+    mixed = mix_label_matrix(greedy, rng)
+    assert mixed.sum(0).tolist() == quota and mixed.sum(1).tolist() == rows.tolist()
+    single = mixed[rows == 1].mean(axis=0)  # ~ 1/10 each
+    assert single.min() > 0.05 and single.max() < 0.15
+    assert 0.3 < mixed[rows == 4, 0].mean() < 0.5  # ~ 4/10, not 1
+    assert len({tuple(r) for r in mixed}) > 300  # of the 385 label sets with 1-4 of 10 classes
 
 
 def test_digit_counts_are_repaired_when_the_random_spread_is_infeasible():

@@ -19,6 +19,7 @@ in, and whichever images were skipped. Each split is ordered by ascending image 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import warnings
@@ -36,6 +37,8 @@ from imbalance_bench.data.images import BatchTransform
 from imbalance_bench.data.long_tail import DataBundle
 from imbalance_bench.data.profiles import long_tail_counts
 from imbalance_bench.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = {"train": "train2017", "test": "val2017"}
 ANNOTATION_FILES = {"train": "annotations/instances_train2017.json", "test": "annotations/instances_val2017.json"}
@@ -281,7 +284,9 @@ class CocoSplit(torch.utils.data.Dataset):
     Indexing takes a list of positions and returns (uint8 images (B, 3, S, S), targets (B, C)).
     Train: random resized crop to S x S. Test: the whole image resized to S x S. Both resizes
     are antialiased. Flip and normalisation are left to the BatchTransform. The split holds only
-    strings and a tensor, so it pickles into DataLoader workers.
+    strings and a tensor, so it pickles into DataLoader workers. An image that fails to decode
+    (the load-time check reads headers only) stops the run, or with `skip_unreadable` is left
+    out of its batch, targets included, with a warning naming it.
     """
 
     def __init__(
@@ -291,6 +296,7 @@ class CocoSplit(torch.utils.data.Dataset):
         image_size: int,
         train: bool,
         scale: tuple[float, float],
+        skip_unreadable: bool = False,
     ):
         if targets.ndim != 2 or len(targets) != len(paths):
             raise ValueError(f"{len(paths)} paths but targets of shape {tuple(targets.shape)}")
@@ -299,6 +305,7 @@ class CocoSplit(torch.utils.data.Dataset):
         self.image_size = int(image_size)
         self.train = bool(train)
         self.scale = (float(scale[0]), float(scale[1]))
+        self.skip_unreadable = bool(skip_unreadable)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -320,11 +327,22 @@ class CocoSplit(torch.utils.data.Dataset):
         if isinstance(positions, (int, np.integer)):
             images, targets = self[[int(positions)]]
             return images[0], targets[0]
-        index = torch.as_tensor(positions, dtype=torch.long)
+        images, kept = [], []
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
             warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
-            images = [self.load(int(p)) for p in index]
+            for position in positions:
+                try:
+                    images.append(self.load(int(position)))
+                except DataError as exc:
+                    if not self.skip_unreadable:
+                        raise
+                    log.warning("%s; skipped (dataset.bad_images=skip)", exc)
+                    continue
+                kept.append(int(position))
+        index = torch.as_tensor(kept, dtype=torch.long)
+        if not images:
+            return torch.zeros((0, *self.image_shape), dtype=torch.uint8), self.targets[index]
         return torch.stack(images), self.targets[index]
 
 
@@ -334,8 +352,8 @@ def _check_options(image_size: int, imbalance_factor: float | None, bad_images: 
         raise ConfigError(
             f"dataset.bad_images={bad_images} is not allowed: must be one of {', '.join(BAD_IMAGE_MODES)}"
         )
-    if not _is_int(image_size) or image_size < 1:
-        raise ConfigError(f"dataset.image_size={image_size} is not allowed: must be an integer >= 1")
+    if not _is_int(image_size) or image_size < 16:
+        raise ConfigError(f"dataset.image_size={image_size} is not allowed: must be an integer >= 16")
     if imbalance_factor is not None and not imbalance_factor >= 1:
         raise ConfigError(f"dataset.imbalance_factor={imbalance_factor} is not allowed: must be null or a number >= 1")
     scale = list(augment.get("scale", ()))
@@ -423,7 +441,7 @@ def build_coco(
         targets = torch.from_numpy(ann.targets[chosen].astype(np.float32))
         splits[split] = CocoSplit(
             [str(folder / ann.file_names[i]) for i in chosen], targets, image_size, train=split == "train",
-            scale=tuple(augment["scale"]),
+            scale=tuple(augment["scale"]), skip_unreadable=bad_images == "skip",
         )
         class_counts[split] = ann.targets[chosen].sum(axis=0).astype(int).tolist()
 

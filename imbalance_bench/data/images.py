@@ -93,7 +93,8 @@ def make_loader(
     """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`.
 
     A shuffled (training) pass drops a trailing batch of exactly one image: BatchNorm cannot
-    train on it, and it would crash the larger backbones.
+    train on it, and it would crash the larger backbones. With workers, their seeds (and so any
+    per-image randomness in them, e.g. COCO's crops) also come from `generator`, not the global RNG.
     """
     order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
     drop_last = shuffle and len(split) > 1 and len(split) % batch_size == 1
@@ -104,4 +105,5 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        generator=generator if num_workers > 0 else None,
     )

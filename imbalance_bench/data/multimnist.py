@@ -14,7 +14,9 @@ public generator; this is ours. Per split, with N images (train: the exp profile
 3. The (N x 10) 0/1 label matrix with row sums k_i and column sums n_c is filled class by class,
    largest quota first, giving class c to the n_c images with the most remaining slots (ties at
    random): Ryser's constructive proof of the Gale-Ryser theorem. Each class appears at most once
-   per image, so the train positives equal the profile exactly.
+   per image, so the train positives equal the profile exactly. The greedy fill ties label sets
+   to digit counts, so random checkerboard swaps (`mix_label_matrix`, margins unchanged) then
+   shuffle which images hold which classes.
 4. Each (image, class) pair draws a digit of that class, with replacement, from the split's own
    MNIST source: train images use MNIST train digits only, test images MNIST test digits only.
 5. Digits (28x28) go onto a black canvas_size x canvas_size canvas. overlap=true: top-left corner
@@ -56,7 +58,8 @@ from imbalance_bench.runfiles import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump whenever the construction changes, so old caches are not reused
+GENERATOR_VERSION = 2  # bump whenever the construction changes, so old caches are not reused
+MIX_ROUNDS = 200  # rounds of random checkerboard swaps after the greedy fill (see mix_label_matrix)
 NUM_CLASSES = 10
 DIGIT_SIZE = 28
 DIGIT_COLUMNS = ("image", "class", "source", "top", "left")
@@ -239,6 +242,30 @@ def fill_label_matrix(row_sums: np.ndarray, col_sums: list[int], rng: np.random.
     return labels
 
 
+def mix_label_matrix(labels: np.ndarray, rng: np.random.Generator, rounds: int = MIX_ROUNDS) -> np.ndarray:
+    """Randomise a 0/1 matrix while keeping every row and column sum: checkerboard swaps.
+
+    Ryser's fill is greedy, so on its own the label set is a function of the digit count (on a
+    balanced split the 1-digit images would all hold the last classes). Each round pairs the
+    images at random; in each pair (i, j) one positive class a of i and one b of j are drawn, and
+    where i lacks b and j lacks a the two swap (i: a -> b, j: b -> a). Margins never change;
+    after MIX_ROUNDS rounds every row has been offered about MIX_ROUNDS / 2 swaps, the standard
+    swap chain for sampling binary matrices with fixed margins.
+    """
+    labels = labels.copy()
+    n = len(labels)
+    rows = np.arange(n // 2)
+    for _ in range(rounds if n > 1 else 0):
+        order = rng.permutation(n)
+        i, j = order[0 : 2 * len(rows) : 2], order[1 : 2 * len(rows) : 2]
+        a = np.argmax(rng.random(labels.shape)[i] * labels[i], axis=1)  # a random positive of each row i
+        b = np.argmax(rng.random(labels.shape)[j] * labels[j], axis=1)
+        ok = (labels[i, b] == 0) & (labels[j, a] == 0)
+        i, j, a, b = i[ok], j[ok], a[ok], b[ok]
+        labels[i, a], labels[i, b], labels[j, b], labels[j, a] = 0, 1, 0, 1
+    return labels
+
+
 # ---------------------------------------------------------------- canvases
 
 
@@ -286,7 +313,7 @@ def generate_split(source_images: np.ndarray, source_labels: np.ndarray, quota: 
                    rng: np.random.Generator, source_name: str) -> MultiDigitSplit:
     """Steps 2-5 of the module docstring for one split, from a quota that has passed checked_quota."""
     row_sums = digits_per_image(num_images, quota, min_digits, max_digits, rng)
-    labels = fill_label_matrix(row_sums, quota, rng)
+    labels = mix_label_matrix(fill_label_matrix(row_sums, quota, rng), rng)
     return compose_canvases(labels, source_images, source_labels, canvas_size, overlap, rng, source_name)
 
 
