@@ -87,6 +87,19 @@ def test_focal_coco_f2_preset_composes(compose_cfg, model, timm_name):
     assert cfg.trainer.monitor == "mean_f2" and cfg.reweight.name == "none"
 
 
+def test_plm_multimnist_preset_sets_its_shot_cut_offs(compose_cfg):
+    from imbalance_bench.data.multimnist import checked_quota
+    from imbalance_bench.metrics import shot_groups
+
+    cfg = compose_cfg(["experiment=plm_multimnist"])
+    assert cfg.loss.name == "plm" and cfg.dataset.name == "multimnist" and cfg.trainer.monitor == "map"
+    counts = checked_quota("train", cfg.dataset.num_train, cfg.dataset.imbalance_factor,
+                           cfg.dataset.min_digits, cfg.dataset.max_digits)
+    groups = shot_groups(counts, cfg.metrics.many_shot_above, cfg.metrics.few_shot_below)
+    assert groups == {"many_shot": [0, 1, 2], "medium_shot": [3, 4, 5, 6], "few_shot": [7, 8, 9]}
+    assert compose_cfg(["experiment=plm_multimnist", "metrics.many_shot_above=50"]).metrics.many_shot_above == 50
+
+
 def test_focal_coco_f2_preset_runs_with_resnet101(imbench, coco_root, tmp_path):
     run_dir = tmp_path / "run"
     proc = imbench("experiment=focal_coco_f2", "model=resnet101", "model.pretrained=false", f"dataset.root={coco_root}",
