@@ -123,6 +123,20 @@ class DualFocalLossSchema(PlainLossSchema):
 
 
 @dataclass
+class LdamLossSchema(PlainLossSchema):
+    max_margin: float = MISSING
+    scale: float = MISSING
+    normalized_classifier: bool = MISSING
+
+
+@dataclass
+class AsymmetricLossSchema(PlainLossSchema):
+    gamma_pos: float = MISSING
+    gamma_neg: float = MISSING
+    clip: float = MISSING
+
+
+@dataclass
 class PartialLabelMaskingSchema(PlainLossSchema):
     base: str = MISSING
     bins: int = MISSING
@@ -212,6 +226,8 @@ def register_schemas() -> None:
         ("loss", "focal", FocalLossSchema),
         ("loss", "dfl", DualFocalLossSchema),
         ("loss", "plm", PartialLabelMaskingSchema),
+        ("loss", "ldam", LdamLossSchema),
+        ("loss", "asl", AsymmetricLossSchema),
         ("reweight", "plain", ReweightSchema),
         ("reweight", "class_balanced", ClassBalancedSchema),
         ("optimizer", "sgd", SGDSchema),
@@ -296,6 +312,11 @@ RULES: tuple[Rule, ...] = (
     Rule("loss.focal.softmax", lambda v: v is False, "false (PLM masks one-vs-all sigmoid terms)"),
     Rule("loss.dfl.gamma", lambda v: _num(v) and v >= 0, "a number >= 0"),
     *_dfl_rules("loss.dfl"),
+    Rule("loss.max_margin", lambda v: _num(v) and v > 0, "a number > 0"),
+    Rule("loss.scale", lambda v: _num(v) and v > 0, "a number > 0"),
+    Rule("loss.gamma_pos", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    Rule("loss.gamma_neg", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    Rule("loss.clip", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     Rule("reweight.beta", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     Rule("reweight.start_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("optimizer.lr", lambda v: _num(v) and v > 0, "a number > 0"),
@@ -403,9 +424,9 @@ def check_label_kind(cfg: DictConfig, label_kind: str) -> None:
     if label_kind != "multi":
         return
     dataset = cfg.dataset.name
-    if cfg.loss.name == "ce":
+    if cfg.loss.name in ("ce", "ldam", "balanced_softmax"):
         raise ConfigError(
-            f"loss=ce is not allowed with dataset={dataset} (multi-label): use one of bce, focal, dfl, plm"
+            f"loss={cfg.loss.name} is not allowed with dataset={dataset} (multi-label): use one of asl, bce, focal, dfl, plm"
         )
     if cfg.loss.get("softmax") is True:
         raise ConfigError(

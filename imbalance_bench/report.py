@@ -1,7 +1,20 @@
-"""Human-readable tables of a run's results."""
+"""Human-readable tables of results: one run's summary (`format_summary`, logged by train.py) and
+the paper-style report over many run directories behind `imbench-report` (report_cli.py).
+
+Only the standard library is imported here; matplotlib (plots), PyYAML (configs, reference
+tables) and runfiles (which imports torch) are imported where they are used.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SUMMARY_ROWS = (
@@ -40,3 +53,594 @@ def format_summary(metrics: dict[str, Any]) -> str:
         if key in metrics["final"]:
             lines.append(f"{label:<16} {_pct(metrics['final'].get(key)):>7} {_pct(metrics['best'].get(key)):>7}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ imbench-report: paper-style tables
+#
+# collect runs (read_run) -> group into rows x columns (build_tables) -> aggregate seeds (aggregate)
+# -> format (format_cell, format_markdown, csv_rows) -> write (write_report, with the plots).
+
+METRICS = ("top1_error", "top1", "mean_f2", "map")
+METRIC_TITLES = {
+    "top1_error": "Top-1 error (%)",
+    "top1": "Top-1 accuracy (%)",
+    "mean_f2": "Mean F2 (%)",
+    "map": "mAP (%)",
+}
+EPOCH_RECORDS = {"last": "final", "best": "best"}
+MISSING = "—"
+# Hyper-parameters shown in a method's label even when every run shares them.
+ALWAYS_SHOWN = {"loss.gamma", "loss.base", "reweight.beta"}
+SYMBOLS = {"gamma": "γ", "beta": "β"}
+# Config keys that do not change a result, or that rows / columns already hold.
+NOT_COMPARED = re.compile(
+    r"^(seed|hydra\..*|dataset\.(root|download|name|imbalance_factor|imbalance_type)|model\..*|loss\..*|"
+    r"reweight\..*|trainer\.(device|num_workers|progress_bar|eval_batch_size))$"
+)
+CSV_COLUMNS = (
+    "metric", "epoch", "method", "dataset", "imbalance_factor", "imbalance_type", "n", "mean", "std", "seeds",
+    "reference", "reference_row", "reference_value", "delta", "subsets", "runs",
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a dataset at one imbalance factor and profile (None = the full dataset)."""
+
+    dataset: str
+    imbalance_factor: float | None
+    imbalance_type: str | None
+
+    @property
+    def label(self) -> str:
+        if self.imbalance_factor is None:
+            return f"{self.dataset} (full)"
+        text = f"{self.dataset} IF {_number(self.imbalance_factor)}"
+        return text + " step" if self.imbalance_type == "step" else text
+
+    @property
+    def slug(self) -> str:
+        return safe_name(self.label.replace(" IF ", "_if").replace(" ", "_"))
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    stats: dict
+    config: dict
+    method: dict  # model, loss, reweight, drw and loss.<key> / reweight.<key>: the row's identity
+
+    @property
+    def seed(self):
+        return self.metrics.get("seed")
+
+    @property
+    def column(self) -> Column:
+        return column_of(self.metrics, self.stats, self.config)
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class Cell:
+    runs: list[Run] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    reference: tuple[str, str, float] | None = None  # (tag, row label, value)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return aggregate(self.values)[0]
+
+    @property
+    def std(self) -> float | None:
+        return aggregate(self.values)[1]
+
+    @property
+    def delta(self) -> float | None:
+        if self.reference is None or not self.values:
+            return None
+        return self.mean - self.reference[2]
+
+
+@dataclass
+class Table:
+    metric: str
+    rows: dict[tuple, str]  # row key -> method label
+    columns: list[Column]
+    cells: dict[tuple, Cell]  # (row key, column) -> cell
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ collect
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of `text` (letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unnamed"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every folder under `root` (itself included) holding `metrics.json` or `.hydra/config.yaml`."""
+    root = Path(root)
+    found = {p.parent for p in root.rglob("metrics.json")}
+    found |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    return sorted(found)
+
+
+def _read_json(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def method_keys(metrics: dict, config: dict) -> dict:
+    """A run's method: model, loss, reweight, whether re-weighting is deferred (DRW), and every
+    loss.<key> / reweight.<key> of the resolved config (hyper-parameters: focal gamma, cb beta, ...)."""
+    keys = {"model": metrics.get("model"), "loss": metrics.get("loss"), "reweight": metrics.get("reweight")}
+    for group in ("loss", "reweight"):
+        for key, value in flatten(config.get(group) or {}).items():
+            if key not in ("name", "_target_", "_recursive_"):
+                keys[f"{group}.{key}"] = value
+    keys["drw"] = (keys.get("reweight.start_epoch") or 0) > 0 and keys["reweight"] != "none"
+    return keys
+
+
+def column_of(metrics: dict, stats: dict, config: dict) -> Column:
+    """The run's column: dataset name, imbalance factor and profile (from dataset_stats.json,
+    else the config). At IF 1 both profiles are the balanced set, so they share one column."""
+    dataset_cfg = config.get("dataset") or {}
+    factor = stats.get("imbalance_factor", dataset_cfg.get("imbalance_factor"))
+    kind = stats.get("imbalance_type", dataset_cfg.get("imbalance_type")) or "exp"
+    if factor is None:
+        return Column(metrics["dataset"], None, None)
+    factor = float(factor)
+    return Column(metrics["dataset"], factor, "exp" if factor == 1 else kind)
+
+
+def read_run(path: Path) -> Run | Skipped:
+    """One run directory, or the reason it cannot enter the table."""
+    path = Path(path)
+    if not (path / "metrics.json").exists():
+        return Skipped(path, "no metrics.json (still running, crashed or interrupted)")
+    try:
+        metrics = _read_json(path / "metrics.json")
+    except (OSError, ValueError) as exc:
+        return Skipped(path, f"unreadable metrics.json: {str(exc).splitlines()[0]}")
+    if metrics.get("schema_version") != 1:
+        return Skipped(path, f"metrics.json schema_version {metrics.get('schema_version')!r} (this report reads 1)")
+    if metrics.get("status") != "completed":
+        return Skipped(path, f"status {metrics.get('status')!r}, not 'completed'")
+    stats, config = {}, {}
+    if (path / "dataset_stats.json").exists():
+        try:
+            stats = _read_json(path / "dataset_stats.json")
+        except (OSError, ValueError) as exc:
+            return Skipped(path, f"unreadable dataset_stats.json: {str(exc).splitlines()[0]}")
+    if (path / ".hydra" / "config.yaml").exists():
+        import yaml
+
+        try:
+            config = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            return Skipped(path, f"unreadable .hydra/config.yaml: {str(exc).splitlines()[0]}")
+    return Run(path, metrics, stats, config, method_keys(metrics, config))
+
+
+# ------------------------------------------------------------------ group and aggregate
+
+
+def resolve_metric(choice: str, label_kind: str) -> str:
+    """`auto` is top-1 error for single-label runs and mAP for multi-label runs."""
+    if choice != "auto":
+        return choice
+    return "map" if label_kind == "multi" else "top1_error"
+
+
+def metric_value(record: dict, metric: str) -> float | None:
+    """The metric in percent from a metrics.json epoch record; None when it is not recorded."""
+    key = "top1" if metric == "top1_error" else metric
+    value = record.get(key)
+    if value is None:
+        return None
+    return 100.0 * (1.0 - value) if metric == "top1_error" else 100.0 * value
+
+
+def aggregate(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation); the std is None for fewer than two values."""
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def method_labels(methods: list[dict]) -> list[str]:
+    """Short row labels: loss (+ hyper-parameters) + reweighting (+ DRW), e.g.
+    `focal γ=0.5 + cb β=0.9999 DRW@160`. A hyper-parameter is shown when it is in ALWAYS_SHOWN or
+    differs between runs of the same loss (resp. reweighting); the model when runs used several."""
+    varying = set()
+    for group in ("loss", "reweight"):
+        by_name: dict[str, list[dict]] = {}
+        for m in methods:
+            by_name.setdefault(m[group], []).append(m)
+        for same in by_name.values():
+            keys = {k for m in same for k in m if k.startswith(group + ".")}
+            varying |= {(group, same[0][group], k) for k in keys if len({repr(m.get(k)) for m in same}) > 1}
+    several_models = len({m["model"] for m in methods}) > 1
+
+    def params(m: dict, group: str) -> str:
+        shown = []
+        for key in sorted(k for k in m if k.startswith(group + ".") and k != "reweight.start_epoch"):
+            if key in ALWAYS_SHOWN or (group, m[group], key) in varying:
+                short = key.split(".", 1)[1]
+                shown.append(f"{SYMBOLS.get(short, short)}={_value(m[key])}")
+        return (" " + " ".join(shown)) if shown else ""
+
+    labels = []
+    for m in methods:
+        text = str(m["loss"]) + params(m, "loss")
+        if m["reweight"] not in (None, "none"):
+            text += f" + {m['reweight']}" + params(m, "reweight")
+            if m.get("drw"):
+                text += f" DRW@{m['reweight.start_epoch']}"
+        if several_models:
+            text += f" [{m['model']}]"
+        labels.append(text)
+    return labels
+
+
+def _value(value) -> str:
+    return _number(value) if isinstance(value, float) else str(value)
+
+
+def _row_key(method: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in method.items()))
+
+
+def build_tables(runs: list[Run], epoch: str = "last", metric: str = "auto",
+                 references: list[dict] | None = None) -> tuple[list[Table], list[Skipped]]:
+    """Group runs into one table per metric: rows = methods, columns = dataset x imbalance factor,
+    cells = the runs' values (seeds) at the last or best epoch, with the published value beside."""
+    from imbalance_bench.reference import lookup
+
+    record_key = EPOCH_RECORDS[epoch]
+    skipped: list[Skipped] = []
+    by_metric: dict[str, list[tuple[Run, float]]] = {}
+    for run in runs:
+        name = resolve_metric(metric, run.metrics.get("label_kind", "single"))
+        value = metric_value(run.metrics.get(record_key) or {}, name)
+        if value is None:
+            skipped.append(Skipped(run.path, f"{name} not recorded in `{record_key}` ({run.metrics.get('label_kind')}-label run)"))
+        else:
+            by_metric.setdefault(name, []).append((run, value))
+
+    tables = []
+    for name in [m for m in METRICS if m in by_metric]:
+        entries = by_metric[name]
+        unique: dict[tuple, dict] = {}
+        for run, _ in entries:
+            unique.setdefault(_row_key(run.method), run.method)
+        labels = dict(zip(unique, method_labels(list(unique.values()))))
+        rows = dict(sorted(labels.items(), key=lambda kv: kv[1]))
+        columns = sorted({run.column for run, _ in entries},
+                         key=lambda c: (c.dataset, c.imbalance_type or "", -(c.imbalance_factor or math.inf)))
+        cells = {(row, col): Cell() for row in rows for col in columns}
+        for run, value in entries:
+            cell = cells[(_row_key(run.method), run.column)]
+            cell.runs.append(run)
+            cell.values.append(value)
+        for (row, col), cell in cells.items():
+            for ref in references or []:
+                if ref["metric"] != name:
+                    continue
+                found = lookup(ref, unique[row], col.dataset, col.imbalance_type or "exp", col.imbalance_factor)
+                if found is not None:
+                    cell.reference = (ref["tag"], found[1], found[0])
+                    break
+        table = Table(name, rows, columns, cells)
+        table.notes = table_notes(table)
+        tables.append(table)
+    return tables, skipped
+
+
+def table_notes(table: Table) -> list[str]:
+    """Warnings a reader needs: columns whose runs used different train subsets, cells whose runs
+    differ in more than the seed, and seeds that ran twice."""
+    notes = []
+    for col in table.columns:
+        subsets: dict[str, list[str]] = {}
+        for row in table.rows:
+            for run in table.cells[(row, col)].runs:
+                subsets.setdefault(run.stats.get("subset_sha256") or "unknown", []).append(str(run.path))
+        if len(subsets) > 1:
+            parts = "; ".join(f"{sha[:12]}: {', '.join(paths)}" for sha, paths in sorted(subsets.items()))
+            notes.append(f"{col.label}: the compared runs used {len(subsets)} different train subsets "
+                         f"(subset_sha256 {parts})")
+    for (row, col), cell in table.cells.items():
+        where = f"{table.rows[row]} / {col.label}"
+        if len(cell.runs) > 1:
+            flat = [{k: repr(v) for k, v in flatten(r.config).items() if not NOT_COMPARED.match(k)} for r in cell.runs]
+            keys = sorted({k for f in flat for k in f if len({f2.get(k) for f2 in flat}) > 1})
+            if keys:
+                notes.append(f"{where}: the runs differ in more than the seed: {', '.join(keys)}")
+        seeds = [r.seed for r in cell.runs]
+        repeated = sorted({repr(s) for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            notes.append(f"{where}: seed {', '.join(repeated)} ran more than once; each run counts in the mean")
+    return notes
+
+
+# ------------------------------------------------------------------ format
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def format_cell(cell: Cell) -> str:
+    """`29.64 ± 0.31 (n=3) [Cui19: 29.64, Δ +0.00]`; `—` when no run, with the published value if any."""
+    if not cell.values:
+        text = MISSING
+    elif cell.n == 1:
+        text = f"{cell.mean:.2f}"
+    else:
+        text = f"{cell.mean:.2f} ± {cell.std:.2f} (n={cell.n})"
+    if cell.reference is not None:
+        tag, _, value = cell.reference
+        text += f" [{tag}: {value:.2f}" + (f", Δ {_signed(cell.delta)}]" if cell.values else "]")
+    return text
+
+
+def epoch_statement(epoch: str, monitors: set[str]) -> str:
+    if epoch == "last":
+        return ("Cells are **last-epoch** values (`final` in metrics.json), as Cui et al. (2019) report.")
+    return ("Cells are **best-epoch** values (`best` in metrics.json): the epoch with the highest test "
+            f"{'/'.join(sorted(monitors)) or 'monitor'}, chosen **on the test split** — optimistic; "
+            "the published numbers are last-epoch.")
+
+
+def format_markdown(tables: list[Table], skipped: list[Skipped], epoch: str, references: list[dict],
+                    plots: list[str], sources: list[str]) -> str:
+    """report.md: one table per metric, its notes, the plots, the skipped runs and the sources."""
+    runs = {id(r): r for t in tables for c in t.cells.values() for r in c.runs}
+    monitors = {r.metrics.get("monitor", "") for r in runs.values()}
+    lines = [
+        "# imbench report",
+        "",
+        f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; {len(skipped)} skipped (listed below).",
+        "",
+        epoch_statement(epoch, monitors),
+        "Each cell is the mean ± sample standard deviation over the runs (seeds) of that method and column, "
+        f"with n when more than one ran; `{MISSING}` marks a cell without a run. "
+        "`[Tag: value, Δ d]` is the published number and d = ours − published.",
+    ]
+    for table in tables:
+        lines += ["", f"## {METRIC_TITLES[table.metric]}", ""]
+        lines.append("| method | " + " | ".join(c.label for c in table.columns) + " |")
+        lines.append("|---" * (len(table.columns) + 1) + "|")
+        for row, label in table.rows.items():
+            lines.append(f"| {label} | " + " | ".join(format_cell(table.cells[(row, c)]) for c in table.columns) + " |")
+        matched = sorted({(c.reference[0], c.reference[1], table.rows[r])
+                          for (r, _), c in table.cells.items() if c.reference})
+        if matched:
+            lines += ["", "Published rows compared: " + "; ".join(f"{label} ↔ {tag} “{ref}”" for tag, ref, label in matched) + "."]
+        if table.notes:
+            lines += ["", "**Notes**", ""] + [f"- {note}" for note in table.notes]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"- [{p}]({p})" for p in plots]
+    if skipped:
+        lines += ["", "## Skipped run directories", "", "| run | reason |", "|---|---|"]
+        lines += [f"| `{s.path}` | {s.reason} |" for s in skipped]
+    used = [r for r in references if any(c.reference and c.reference[0] == r["tag"] for t in tables for c in t.cells.values())]
+    if used:
+        lines += ["", "## Published numbers", ""]
+        for ref in used:
+            src = ref["source"]
+            lines.append(f"- **{ref['tag']}** ({ref['name']}): {src['paper'].strip()} {src['table']}, {src['url']}")
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(tables: list[Table], epoch: str) -> list[dict]:
+    """report.csv: one row per (metric, method, column), missing cells included with n = 0."""
+    out = []
+    for table in tables:
+        for row, label in table.rows.items():
+            for col in table.columns:
+                cell = table.cells[(row, col)]
+                ref = cell.reference
+                out.append({
+                    "metric": table.metric,
+                    "epoch": epoch,
+                    "method": label,
+                    "dataset": col.dataset,
+                    "imbalance_factor": "" if col.imbalance_factor is None else _number(col.imbalance_factor),
+                    "imbalance_type": col.imbalance_type or "",
+                    "n": cell.n,
+                    "mean": "" if cell.mean is None else f"{cell.mean:.4f}",
+                    "std": "" if cell.std is None else f"{cell.std:.4f}",
+                    "seeds": " ".join(str(r.seed) for r in cell.runs),
+                    "reference": ref[0] if ref else "",
+                    "reference_row": ref[1] if ref else "",
+                    "reference_value": f"{ref[2]:.2f}" if ref else "",
+                    "delta": "" if cell.delta is None else f"{cell.delta:.4f}",
+                    "subsets": len({r.stats.get("subset_sha256") for r in cell.runs}),
+                    "runs": " ".join(str(r.path) for r in cell.runs),
+                })
+    return out
+
+
+def format_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def per_class_series(table: Table, col: Column, epoch: str) -> list[tuple[str, list[int], list[float]]]:
+    """(method, train counts, per-class accuracy or AP in % averaged over seeds) for one column;
+    classes without a value (absent from the test split) are left out."""
+    series = []
+    for row, label in table.rows.items():
+        runs = [r for r in table.cells[(row, col)].runs if r.stats.get("train_counts")]
+        if not runs:
+            continue
+        counts = runs[0].stats["train_counts"]
+        records = [r.metrics.get(EPOCH_RECORDS[epoch]) or {} for r in runs]
+        per_class = [rec.get("per_class_accuracy") or rec.get("per_class_ap") for rec in records]
+        per_class = [p for p in per_class if p and len(p) == len(counts)]
+        if not per_class:
+            continue
+        xs, ys = [], []
+        for cls, count in enumerate(counts):
+            values = [p[cls] for p in per_class if p[cls] is not None]
+            if values and count > 0:
+                xs.append(count)
+                ys.append(100.0 * statistics.fmean(values))
+        series.append((label, xs, ys))
+    return series
+
+
+def plot_per_class(table: Table, col: Column, epoch: str) -> bytes | None:
+    """Per-class accuracy (or AP) against train count, log-x, one series per method."""
+    series = per_class_series(table, col, epoch)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    multi = any(r.metrics.get("label_kind") == "multi" for row in table.rows for r in table.cells[(row, col)].runs)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, xs, ys in series:
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", markersize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("train images of the class" + (" (positives)" if multi else ""))
+    ax.set_ylabel("per-class AP (%)" if multi else "per-class accuracy (%)")
+    ax.set_title(col.label)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
+def plot_class_counts(run: Run, col: Column) -> bytes:
+    """Bar histogram of the train count of each class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = run.stats["train_counts"]
+    names = run.stats.get("class_names") or [str(i) for i in range(len(counts))]
+    fig, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.35 * len(counts))), 3.6))
+    ax.bar(range(len(counts)), counts)
+    if len(counts) <= 20:
+        ax.set_xticks(range(len(counts)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("class")
+    ax.set_ylabel("train images" + (" (positives)" if run.metrics.get("label_kind") == "multi" else ""))
+    ax.set_title(f"{col.label}: {sum(counts)} train images")
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
+def report_plots(tables: list[Table], epoch: str) -> dict[str, bytes]:
+    """File name -> PNG: `per_class_<column>.png` and `class_counts_<column>.png` for each column."""
+    plots: dict[str, bytes] = {}
+    for table in tables:
+        for col in table.columns:
+            png = plot_per_class(table, col, epoch)
+            if png is not None:
+                plots[f"per_class_{col.slug}.png"] = png
+            first = next((r for row in table.rows for r in table.cells[(row, col)].runs if r.stats.get("train_counts")), None)
+            if first is not None and f"class_counts_{col.slug}.png" not in plots:
+                plots[f"class_counts_{col.slug}.png"] = plot_class_counts(first, col)
+    return plots
+
+
+# ------------------------------------------------------------------ write
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    tables: list[Table]
+    skipped: list[Skipped]
+    files: list[str]
+
+
+def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: str = "auto",
+                 reference_names: list[str] | None = None) -> ReportResult:
+    """Read every run directory under `paths` and write report.md, report.csv and the PNG plots
+    into `out_dir`, each atomically. Raises ImbenchError when no run can be reported."""
+    from imbalance_bench.errors import ImbenchError
+    from imbalance_bench.reference import default_references, load_reference
+    from imbalance_bench.runfiles import atomic_write_bytes
+
+    if epoch not in EPOCH_RECORDS:
+        raise ImbenchError(f"--epoch {epoch}: choose last or best")
+    if metric != "auto" and metric not in METRICS:
+        raise ImbenchError(f"--metric {metric}: choose auto, {', '.join(METRICS)}")
+    references = [load_reference(n) for n in (default_references() if reference_names is None else reference_names)]
+    run_dirs: list[Path] = []
+    for path in paths:
+        if not Path(path).exists():
+            raise ImbenchError(f"{path}: no such file or directory")
+        run_dirs += [d for d in find_run_dirs(Path(path)) if d not in run_dirs]
+    if not run_dirs:
+        raise ImbenchError(f"no run directories (with metrics.json) under {', '.join(map(str, paths))}")
+    read = [read_run(d) for d in run_dirs]
+    runs = [r for r in read if isinstance(r, Run)]
+    skipped = [r for r in read if isinstance(r, Skipped)]
+    tables, unusable = build_tables(runs, epoch, metric, references)
+    skipped += unusable
+    if not tables:
+        first = skipped[0]
+        raise ImbenchError(f"no completed runs to report under {', '.join(map(str, paths))} "
+                           f"({len(skipped)} skipped; {first.path}: {first.reason})")
+    plots = report_plots(tables, epoch)
+    out_dir = Path(out_dir)
+    for name, png in plots.items():
+        atomic_write_bytes(out_dir / name, png)
+    atomic_write_bytes(out_dir / "report.csv", format_csv(csv_rows(tables, epoch)).encode())
+    markdown = format_markdown(tables, skipped, epoch, references, list(plots), [str(p) for p in paths])
+    atomic_write_bytes(out_dir / "report.md", markdown.encode())
+    return ReportResult(out_dir, tables, skipped, ["report.md", "report.csv", *plots])

@@ -29,7 +29,7 @@ from imbalance_bench.data.images import make_loader
 from imbalance_bench.errors import ConfigError, ImbenchError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
-from imbalance_bench.models import classifier_of
+from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.report import format_summary
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
 
@@ -116,8 +116,10 @@ def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
 
 
 def build_model(cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss, device: torch.device) -> torch.nn.Module:
-    """The backbone sized to the dataset, its head bias set to the loss's prior."""
+    """The backbone sized to the dataset, with the head the loss asks for, its bias set to the loss's prior."""
     model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+    if criterion.normalized_classifier:
+        use_normed_classifier(model)
     init_classifier_bias(model, criterion, data.num_classes)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M parameters on %s", cfg.model.name, n_params / 1e6, device)
@@ -139,7 +141,7 @@ def build_loss(cfg: DictConfig, data: DataBundle, device: torch.device) -> tuple
 
 def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, num_classes: int) -> None:
     bias = criterion.classifier_bias(num_classes)
-    if bias is not None:
+    if bias is not None and classifier_of(model).bias is not None:  # a cosine head has no bias
         with torch.no_grad():
             classifier_of(model).bias.fill_(bias)
 

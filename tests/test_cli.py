@@ -125,7 +125,7 @@ BAD_INPUTS = [
     (["reweight.beta=-0.5"], "reweight.beta=-0.5", "[0, 1)"),
     (["loss.gamma=-1"], "loss.gamma=-1", ">= 0"),
     (["dataset=imagenet_lt"], "dataset=imagenet_lt", "cifar100_lt, cifar10_lt, coco, mnist_lt, multimnist"),
-    (["loss=hinge"], "loss=hinge", "bce, ce, dfl, focal, plm"),
+    (["loss=hinge"], "loss=hinge", "asl, balanced_softmax, bce, ce, dfl, focal, ldam, plm"),
     (["model=vgg"], "model=vgg", "resnet32"),
     (["reweight=sqrt"], "reweight=sqrt", "cb, inverse_freq, none"),
     (["trainer.epochs=ten"], "trainer.epochs=ten", "Integer"),

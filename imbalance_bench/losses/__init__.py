@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from imbalance_bench.errors import ConfigError
+from imbalance_bench.losses.asl import AsymmetricLoss, asymmetric_terms
+from imbalance_bench.losses.balanced_softmax import BalancedSoftmax, balanced_softmax_loss, log_class_prior
 from imbalance_bench.losses.base import ClassificationLoss, SigmoidLoss, reduce_terms
 from imbalance_bench.losses.dfl import DualFocalLoss, dual_focal_terms
 from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from imbalance_bench.losses.ldam import LDAMLoss, ldam_loss, ldam_margins
 from imbalance_bench.losses.plm import PartialLabelMasking
 from imbalance_bench.losses.reweight import (
     ClassBalanced,
@@ -34,6 +37,9 @@ LOSSES = {
     "focal": FocalLoss,
     "dfl": DualFocalLoss,
     "plm": create_plm,
+    "ldam": LDAMLoss,
+    "balanced_softmax": BalancedSoftmax,
+    "asl": AsymmetricLoss,
 }
 REWEIGHTINGS = {"none": Reweighting, "cb": ClassBalanced, "inverse_freq": InverseFrequency}
 
@@ -53,6 +59,14 @@ def create_reweighting(name: str, **kwargs) -> Reweighting:
 
 
 __all__ = [
+    "AsymmetricLoss",
+    "asymmetric_terms",
+    "BalancedSoftmax",
+    "balanced_softmax_loss",
+    "log_class_prior",
+    "LDAMLoss",
+    "ldam_loss",
+    "ldam_margins",
     "ClassificationLoss",
     "DualFocalLoss",
     "PartialLabelMasking",

@@ -43,6 +43,8 @@ class ClassificationLoss(nn.Module):
     label_kinds: frozenset[str] = frozenset({"single"})
     #: True when the head is a set of one-vs-all sigmoids
     sigmoid_head: bool = False
+    #: True when the loss wants a cosine classifier (`models.NormedLinear`) as the model's last layer
+    normalized_classifier: bool = False
 
     def classifier_bias(self, num_classes: int) -> float | None:
         """Initial last-layer bias. Sigmoid heads start at the prior pi = 1/C, i.e.

@@ -7,6 +7,7 @@ from typing import Callable
 import torch.nn as nn
 
 from imbalance_bench.errors import ImbenchError
+from imbalance_bench.models.heads import NormedLinear, use_normed_classifier
 from imbalance_bench.models.resnet_cifar import resnet32
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {"resnet32": resnet32}
@@ -41,9 +42,9 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = 
         ) from None
 
 
-def classifier_of(model: nn.Module) -> nn.Linear:
+def classifier_of(model: nn.Module) -> nn.Linear | NormedLinear:
     """The final linear layer (timm and project models both expose `get_classifier`)."""
     head = model.get_classifier()
-    if not isinstance(head, nn.Linear):
+    if not isinstance(head, (nn.Linear, NormedLinear)):
         raise TypeError(f"expected a linear classifier, got {type(head).__name__}")
     return head

@@ -1,0 +1,71 @@
+"""`imbench-report PATH...`: a paper-style report (report.md, report.csv, PNG plots) over run directories.
+
+Every folder under each PATH that holds `metrics.json` (or a `.hydra/config.yaml`) is a run:
+single runs and each job of a multirun sweep. See README.md, "Reports".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imbalance_bench.errors import ImbenchError
+
+PROG = "imbench-report"
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit with the user-error code."""
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        fail(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imbalance_bench.report import METRICS
+
+    parser = _Parser(
+        prog=PROG,
+        description="Tables (report.md, report.csv) and plots (PNG) over imbench run directories: rows are "
+                    "methods, columns dataset x imbalance factor, cells the mean ± std over seeds beside "
+                    "the published number.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories or folders holding them (outputs/, multirun/)")
+    parser.add_argument("--out", metavar="DIR", help="where to write the report (default: the first PATH)")
+    parser.add_argument("--epoch", choices=("last", "best"), default="last",
+                        help="cells from the last epoch (default, as Cui et al. report) or the best epoch (chosen on the test split)")
+    parser.add_argument("--metric", choices=("auto", *METRICS), default="auto",
+                        help="auto: top-1 error for single-label runs, mAP for multi-label runs")
+    parser.add_argument("--reference", action="append", metavar="NAME",
+                        help="published table to compare with (repeatable; default: every bundled one; 'none': no comparison)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    references = args.reference
+    if references is not None and "none" in references:
+        references = []
+    out = Path(args.out) if args.out else Path(args.paths[0])
+    if out.exists() and not out.is_dir():
+        out = out.parent
+    try:
+        from imbalance_bench.report import write_report
+
+        result = write_report([Path(p) for p in args.paths], out, args.epoch, args.metric, references)
+    except ImbenchError as exc:
+        fail(str(exc))
+    n_runs = len({id(r) for t in result.tables for c in t.cells.values() for r in c.runs})
+    print(f"{PROG}: {n_runs} run(s), {len(result.skipped)} skipped; wrote {', '.join(result.files)} to {result.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""imbench-report (imbalance_bench/report.py, report_cli.py) and the published tables (reference/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imbalance_bench.reference import default_references, load_reference, lookup, reference_names
+from imbalance_bench.report import (
+    Cell, aggregate, build_tables, column_of, format_cell, format_summary, method_keys, method_labels, read_run,
+)
+from imbalance_bench.report_cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+CIFAR10_IF10 = [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
+
+
+def loss_cfg(name, **params):
+    return {"_target_": "imbalance_bench.losses.create_loss", "name": name, **params}
+
+
+def reweight_cfg(name="none", **params):
+    return {"_target_": "imbalance_bench.losses.create_reweighting", "name": name, "start_epoch": 0, **params}
+
+
+def write_run(path: Path, *, seed=0, top1=0.7, best_top1=None, loss=None, reweight=None, dataset="cifar10_lt",
+              imbalance_factor=100, imbalance_type="exp", counts=CIFAR10_IF100, subset="a" * 64,
+              status="completed", label_kind="single", epochs=200) -> Path:
+    """A run directory as `imbench` writes it: metrics.json, dataset_stats.json, .hydra/config.yaml."""
+    loss = loss or loss_cfg("ce")
+    reweight = reweight or reweight_cfg()
+    (path / ".hydra").mkdir(parents=True)
+    config = {
+        "seed": seed,
+        "dataset": {"name": dataset, "root": "data", "imbalance_factor": imbalance_factor,
+                    "imbalance_type": imbalance_type},
+        "model": {"name": "resnet32"}, "loss": loss, "reweight": reweight,
+        "trainer": {"epochs": epochs, "device": "auto"},
+    }
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "dataset_stats.json").write_text(json.dumps({
+        "name": dataset, "train_counts": counts, "class_names": [f"c{i}" for i in range(len(counts))],
+        "imbalance_factor": imbalance_factor, "imbalance_type": imbalance_type, "subset_sha256": subset,
+    }))
+    per_class = [round(top1 + 0.02 * (4 - i), 4) for i in range(len(counts))]
+    if label_kind == "multi":
+        final = {"epoch": epochs, "map": top1, "mean_f2": top1 - 0.1, "per_class_ap": per_class}
+        best = dict(final, map=best_top1 or top1)
+    else:
+        final = {"epoch": epochs, "top1": top1, "top5": 0.99, "mean_f2": top1, "per_class_accuracy": per_class}
+        best = dict(final, epoch=epochs - 10, top1=best_top1 or top1)
+    (path / "metrics.json").write_text(json.dumps({
+        "schema_version": 1, "status": status, "dataset": dataset, "model": "resnet32", "loss": loss["name"],
+        "reweight": reweight["name"], "label_kind": label_kind, "seed": seed,
+        "monitor": "map" if label_kind == "multi" else "top1", "monitor_split": "test",
+        "epochs_completed": epochs, "final_epoch": epochs, "best_epoch": best["epoch"], "final": final, "best": best,
+    }))
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """A hand-made multirun: CE over 3 seeds (IF 100), CB focal (IF 100 only: its IF 10 cell is
+    missing), CE and BCE at IF 10 on different subsets, a diverged run and an unfinished one."""
+    root = tmp_path / "multirun"
+    for n, (seed, top1) in enumerate([(0, 0.70), (1, 0.71), (2, 0.72)]):
+        write_run(root / str(n), seed=seed, top1=top1)
+    write_run(root / "3", top1=0.75, loss=loss_cfg("focal", gamma=0.5, softmax=False),
+              reweight=reweight_cfg("cb", beta=0.9999))
+    write_run(root / "4", top1=0.86, best_top1=0.90, imbalance_factor=10, counts=CIFAR10_IF10, subset="b" * 64)
+    write_run(root / "5", top1=0.85, loss=loss_cfg("bce"), imbalance_factor=10, counts=CIFAR10_IF10, subset="c" * 64)
+    write_run(root / "6", status="diverged")
+    (root / "7" / ".hydra").mkdir(parents=True)
+    (root / "7" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def test_aggregate_is_mean_and_sample_std():
+    mean, std = aggregate([30.0, 29.0, 28.0])
+    assert mean == pytest.approx(29.0) and std == pytest.approx(1.0)  # sample std (n - 1), not 0.816
+    assert aggregate([12.5]) == (12.5, None)
+    assert aggregate([]) == (None, None)
+
+
+def test_format_cell():
+    cell = Cell(values=[30.0, 29.0, 28.0], reference=("Cui19", "Softmax", 29.64))
+    assert format_cell(cell) == "29.00 ± 1.00 (n=3) [Cui19: 29.64, Δ -0.64]"
+    assert format_cell(Cell(values=[14.0])) == "14.00"
+    assert format_cell(Cell()) == "—"
+    assert format_cell(Cell(reference=("Cao19", "CB Focal", 12.9))) == "— [Cao19: 12.90]"
+
+
+def test_method_labels_show_key_hyper_parameters_and_drw():
+    plain = method_keys({"model": "resnet32", "loss": "ce", "reweight": "none"},
+                        {"loss": loss_cfg("ce"), "reweight": reweight_cfg()})
+    drw = method_keys({"model": "resnet32", "loss": "ce", "reweight": "cb"},
+                      {"loss": loss_cfg("ce"), "reweight": reweight_cfg("cb", beta=0.9999, start_epoch=160)})
+    focal_a = method_keys({"model": "resnet32", "loss": "focal", "reweight": "none"},
+                          {"loss": loss_cfg("focal", gamma=0.5, softmax=False), "reweight": reweight_cfg()})
+    focal_b = dict(focal_a, **{"loss.softmax": True})
+    assert drw["drw"] is True and plain["drw"] is False
+    assert method_labels([plain, drw, focal_a, focal_b]) == [
+        "ce", "ce + cb β=0.9999 DRW@160", "focal γ=0.5 softmax=False", "focal γ=0.5 softmax=True",
+    ]
+
+
+def test_columns_merge_profiles_at_if_1():
+    assert column_of({"dataset": "cifar10_lt"}, {"imbalance_factor": 1, "imbalance_type": "step"}, {}).label == "cifar10_lt IF 1"
+    step = column_of({"dataset": "cifar10_lt"}, {}, {"dataset": {"imbalance_factor": 100.0, "imbalance_type": "step"}})
+    assert step.label == "cifar10_lt IF 100 step" and step.slug == "cifar10_lt_if100_step"
+    assert column_of({"dataset": "coco"}, {"imbalance_factor": None}, {}).label == "coco (full)"
+
+
+def test_read_run_gives_reasons(sweep):
+    assert read_run(sweep / "6").reason == "status 'diverged', not 'completed'"
+    assert read_run(sweep / "7").reason.startswith("no metrics.json")
+    (sweep / "0" / "metrics.json").write_text("{not json")
+    assert read_run(sweep / "0").reason.startswith("unreadable metrics.json")
+
+
+def test_build_tables_groups_seeds_and_notes_different_subsets(sweep):
+    runs = [read_run(sweep / str(n)) for n in range(6)]
+    references = [load_reference(n) for n in default_references()]
+    (table,), skipped = build_tables(runs, "last", "auto", references)
+    assert skipped == [] and table.metric == "top1_error"
+    assert [c.label for c in table.columns] == ["cifar10_lt IF 100", "cifar10_lt IF 10"]
+    by_label = {label: row for row, label in table.rows.items()}
+    assert set(by_label) == {"ce", "bce", "focal γ=0.5 + cb β=0.9999"}
+    ce = table.cells[(by_label["ce"], table.columns[0])]
+    assert ce.values == pytest.approx([30.0, 29.0, 28.0]) and ce.std == pytest.approx(1.0)
+    assert [n for n in table.notes if "different train subsets" in n] == [
+        "cifar10_lt IF 10: the compared runs used 2 different train subsets (subset_sha256 "
+        f"bbbbbbbbbbbb: {sweep / '4'}; cccccccccccc: {sweep / '5'})"
+    ]
+
+
+def test_notes_when_a_cell_mixes_configs(tmp_path):
+    runs = [read_run(write_run(tmp_path / "a", seed=0)), read_run(write_run(tmp_path / "b", seed=0, epochs=100))]
+    (table,), _ = build_tables(runs, "last", "auto", [])
+    assert "ce / cifar10_lt IF 100: the runs differ in more than the seed: trainer.epochs" in table.notes
+    assert "ce / cifar10_lt IF 100: seed 0 ran more than once; each run counts in the mean" in table.notes
+
+
+# ------------------------------------------------------------------ the console entry point
+
+
+def test_report_end_to_end(sweep, capsys):
+    main([str(sweep)])
+    assert capsys.readouterr().out.startswith("imbench-report: 6 run(s), 2 skipped; wrote report.md, report.csv, ")
+    md = (sweep / "report.md").read_text()
+    assert "**last-epoch** values (`final` in metrics.json)" in md
+    assert "## Top-1 error (%)" in md
+    assert "| method | cifar10_lt IF 100 | cifar10_lt IF 10 |" in md
+    assert "| ce | 29.00 ± 1.00 (n=3) [Cui19: 29.64, Δ -0.64] | 14.00 [Cui19: 13.61, Δ +0.39] |" in md
+    assert "| bce | — [Cui19: 29.55] | 15.00 [Cui19: 12.97, Δ +2.03] |" in md
+    assert "| focal γ=0.5 + cb β=0.9999 | 25.00 [Cao19: 25.43, Δ -0.43] | — [Cao19: 12.90] |" in md
+    assert "different train subsets" in md
+    assert f"| `{sweep / '6'}` | status 'diverged', not 'completed' |" in md
+    assert f"| `{sweep / '7'}` | no metrics.json (still running, crashed or interrupted) |" in md
+    assert "https://arxiv.org/abs/1901.05555" in md and "https://arxiv.org/abs/1906.07413" in md
+
+    rows = read_csv(sweep / "report.csv")
+    assert len(rows) == 3 * 2  # every (method, column), missing cells included
+    ce100 = next(r for r in rows if r["method"] == "ce" and r["imbalance_factor"] == "100")
+    assert ce100 | {"runs": ""} == {
+        "metric": "top1_error", "epoch": "last", "method": "ce", "dataset": "cifar10_lt", "imbalance_factor": "100",
+        "imbalance_type": "exp", "n": "3", "mean": "29.0000", "std": "1.0000", "seeds": "0 1 2", "reference": "Cui19",
+        "reference_row": "Softmax", "reference_value": "29.64", "delta": "-0.6400", "subsets": "1", "runs": "",
+    }
+    missing = next(r for r in rows if r["method"] == "bce" and r["imbalance_factor"] == "100")
+    assert missing["n"] == "0" and missing["mean"] == "" and missing["reference_value"] == "29.55"
+
+    for name in ("per_class_cifar10_lt_if100.png", "per_class_cifar10_lt_if10.png",
+                 "class_counts_cifar10_lt_if100.png", "class_counts_cifar10_lt_if10.png"):
+        assert (sweep / name).read_bytes().startswith(PNG_SIGNATURE), name
+        assert f"[{name}]({name})" in md
+    assert not list(sweep.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_best_epoch_uses_the_best_record(sweep, tmp_path):
+    main([str(sweep), "--epoch", "best", "--out", str(tmp_path / "out"), "--reference", "none"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "**best-epoch** values (`best` in metrics.json)" in md and "on the test split" in md
+    assert "| ce | 29.00 ± 1.00 (n=3) | 10.00 |" in md  # the IF 10 run: best top-1 0.90, last 0.86
+    assert "Cui19" not in md
+
+
+def test_multi_label_runs_get_a_map_table(tmp_path):
+    write_run(tmp_path / "m", top1=0.5, dataset="multimnist", imbalance_factor=10, counts=CIFAR10_IF10,
+              label_kind="multi", loss=loss_cfg("bce"))
+    main([str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    assert "## mAP (%)" in md and "| bce | 50.00 |" in md
+    assert (tmp_path / "per_class_multimnist_if10.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_metric_the_runs_lack_is_a_skip(tmp_path):
+    write_run(tmp_path / "s")
+    write_run(tmp_path / "m", top1=0.5, dataset="multimnist", label_kind="multi", loss=loss_cfg("bce"))
+    main([str(tmp_path), "--metric", "map"])
+    md = (tmp_path / "report.md").read_text()
+    assert f"| `{tmp_path / 's'}` | map not recorded in `final` (single-label run) |" in md
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{missing}"], "{missing}: no such file or directory"),
+        (["{empty}"], "no run directories (with metrics.json) under {empty}"),
+        (["{root}", "--reference", "nope"], "--reference nope: unknown table; choose one of: cao2019_table2, cui2019_table2"),
+        (["{root}", "--epoch", "first"], "argument --epoch: invalid choice: 'first' (choose from 'last', 'best')"),
+        (["{diverged}"], "no completed runs to report under {diverged} (1 skipped; {diverged}/x: status 'diverged', not 'completed')"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    places = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "root": tmp_path / "root",
+              "diverged": tmp_path / "diverged"}
+    places["empty"].mkdir()
+    write_run(places["root"] / "r")
+    write_run(places["diverged"] / "x", status="diverged")
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(**places) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"imbench-report: error: {message.format(**places)}\n"
+
+
+def test_format_summary_unchanged():
+    metrics = {"dataset": "mnist_lt", "model": "resnet32", "loss": "focal", "reweight": "cb", "epochs_completed": 4,
+               "best_epoch": 3, "monitor": "top1", "final": {"top1": 0.969, "top5": 1.0}, "best": {"top1": 0.97, "top5": 1.0}}
+    text = format_summary(metrics)
+    assert text.splitlines()[0] == "mnist_lt | resnet32 | loss=focal reweight=cb | epochs 4, best epoch 3 by test top1"
+    assert text.splitlines()[3] == "top-1 acc          96.90   97.00"
+
+
+# ------------------------------------------------------------------ published tables
+
+
+@pytest.mark.parametrize("name", reference_names())
+def test_every_reference_loads_and_cites_its_source(name):
+    ref = load_reference(name)
+    assert ref["name"] == name
+    assert ref["metric"] in ("top1_error", "top1", "mean_f2", "map")
+    source = ref["source"]
+    assert source["paper"].strip() and source["table"].strip() and source["url"].startswith("https://")
+    assert source["checked"].strip()
+    for row in ref["rows"]:
+        assert row["label"] and isinstance(row["match"], dict)
+        for dataset, by_type in row["cells"].items():
+            assert set(by_type) <= {"exp", "step"}, (name, row["label"], dataset)
+            for factor, cell in ((f, c) for cells in by_type.values() for f, c in cells.items()):
+                value = cell["value"] if isinstance(cell, dict) else cell
+                assert isinstance(factor, (int, float)) and factor >= 1
+                assert isinstance(value, (int, float)) and 0 < value < 100
+
+
+def test_reference_tags_are_unique():
+    tags = [load_reference(n)["tag"] for n in reference_names()]
+    assert len(tags) == len(set(tags))
+
+
+def test_cui_class_balanced_best_matches_only_its_configuration():
+    cui = load_reference("cui2019_table2")
+    cb_focal = {"model": "resnet32", "loss": "focal", "loss.gamma": 1.0, "loss.softmax": False, "reweight": "cb",
+                "reweight.beta": 0.9999, "drw": False}
+    assert lookup(cui, cb_focal, "cifar10_lt", "exp", 100.0) == (25.43, "Class-Balanced (best)")
+    assert lookup(cui, dict(cb_focal, **{"loss.gamma": 0.5}), "cifar10_lt", "exp", 100.0) is None
+    assert lookup(cui, dict(cb_focal, model="resnet50"), "cifar10_lt", "exp", 100.0) is None
+    softmax = {"model": "resnet32", "loss": "ce", "reweight": "none", "drw": False}
+    assert lookup(cui, softmax, "cifar100_lt", "exp", 1.0) == (29.07, "Softmax")
+    assert lookup(cui, softmax, "cifar100_lt", "step", 100.0) is None
+    assert lookup(load_reference("cao2019_table2"), softmax, "cifar100_lt", "step", 100.0) == (61.45, "ERM")
