@@ -117,9 +117,18 @@ def check_group_options(overrides: list[str]) -> None:
         key = key.lstrip("+~")
         if not sep or key not in CONFIG_GROUPS or value in ("null", ""):
             continue
-        options = sorted(loader.get_group_options(key))
+        options = group_options(loader, key)
         if value not in options:
             raise ConfigError(f"{key}={value} is not allowed: unknown option; choose one of: {', '.join(options)}")
+
+
+def group_options(loader, group: str) -> list[str]:
+    """Every option of a config group, nested ones as `sub/name` (conf/experiment/cui2019_table2/softmax.yaml
+    is `experiment=cui2019_table2/softmax`), sorted."""
+    options = list(loader.get_group_options(group))
+    for sub in loader.list_groups(group):
+        options += [f"{sub}/{name}" for name in group_options(loader, f"{group}/{sub}")]
+    return sorted(options)
 
 
 def compose_job(overrides: list[str]) -> DictConfig:

@@ -253,6 +253,18 @@ def read_run(path: Path) -> Run | Skipped:
 # ------------------------------------------------------------------ group and aggregate
 
 
+def metric_choices(metric: str | list[str] | None) -> list[str]:
+    """`--metric` as a list (one choice or several, None = auto), each checked: a bad one stops with
+    one line naming it and the allowed choices."""
+    from imbalance_bench.errors import ImbenchError
+
+    choices = [metric] if isinstance(metric, str) else list(metric or ["auto"])
+    for choice in choices:
+        if choice != "auto" and choice not in METRICS:
+            raise ImbenchError(f"--metric {choice}: choose auto, {', '.join(METRICS)}")
+    return choices
+
+
 def resolve_metric(choice: str, label_kind: str) -> str:
     """`auto` is top-1 error for single-label runs and mAP for multi-label runs."""
     if choice != "auto":
@@ -320,22 +332,27 @@ def _row_key(method: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in method.items()))
 
 
-def build_tables(runs: list[Run], epoch: str = "last", metric: str = "auto",
+def build_tables(runs: list[Run], epoch: str = "last", metric: str | list[str] | None = "auto",
                  references: list[dict] | None = None) -> tuple[list[Table], list[Skipped]]:
-    """Group runs into one table per metric: rows = methods, columns = dataset x imbalance factor,
-    cells = the runs' values (seeds) at the last or best epoch, with the published value beside."""
+    """Group runs into one table per metric (one or several choices; `auto` resolves per run and
+    choices that resolve alike give one table): rows = methods, columns = dataset x imbalance factor,
+    cells = the runs' values (seeds) at the last or best epoch, with the published value beside.
+    A run is skipped for each metric it does not record, and may still be in another metric's table."""
     from imbalance_bench.reference import lookup
 
+    choices = metric_choices(metric)
     record_key = EPOCH_RECORDS[epoch]
     skipped: list[Skipped] = []
     by_metric: dict[str, list[tuple[Run, float]]] = {}
     for run in runs:
-        name = resolve_metric(metric, run.metrics.get("label_kind", "single"))
-        value = metric_value(run.metrics.get(record_key) or {}, name)
-        if value is None:
-            skipped.append(Skipped(run.path, f"{name} not recorded in `{record_key}` ({run.metrics.get('label_kind')}-label run)"))
-        else:
-            by_metric.setdefault(name, []).append((run, value))
+        label_kind = run.metrics.get("label_kind", "single")
+        resolved = {resolve_metric(choice, label_kind) for choice in choices}
+        for name in [m for m in METRICS if m in resolved]:
+            value = metric_value(run.metrics.get(record_key) or {}, name)
+            if value is None:
+                skipped.append(Skipped(run.path, f"{name} not recorded in `{record_key}` ({run.metrics.get('label_kind')}-label run)"))
+            else:
+                by_metric.setdefault(name, []).append((run, value))
 
     tables = []
     for name in [m for m in METRICS if m in by_metric]:
@@ -364,6 +381,25 @@ def build_tables(runs: list[Run], epoch: str = "last", metric: str = "auto",
         table.notes = table_notes(table)
         tables.append(table)
     return tables, skipped
+
+
+def reported_runs(tables: list[Table]) -> dict[int, Run]:
+    """The runs in any table, once each (a run is in every table of a metric it records)."""
+    return {id(r): r for t in tables for c in t.cells.values() for r in c.runs}
+
+
+def skip_counts(tables: list[Table], skipped: list[Skipped]) -> tuple[int, int]:
+    """(run directories in no table, runs left out of some table only): with several metrics a run
+    can be skipped for one and reported in another, and each directory counts once."""
+    in_tables = {r.path for r in reported_runs(tables).values()}
+    paths = {s.path for s in skipped}
+    return len(paths - in_tables), len(paths & in_tables)
+
+
+def skip_summary(tables: list[Table], skipped: list[Skipped]) -> str:
+    """`2 skipped` or `2 skipped, 3 left out of a table (metric not recorded)`."""
+    whole, partial = skip_counts(tables, skipped)
+    return f"{whole} skipped" + (f", {partial} left out of a table (metric not recorded)" if partial else "")
 
 
 def table_notes(table: Table) -> list[str]:
@@ -425,12 +461,12 @@ def epoch_statement(epoch: str, monitors: set[str]) -> str:
 def format_markdown(tables: list[Table], skipped: list[Skipped], epoch: str, references: list[dict],
                     plots: list[str], sources: list[str]) -> str:
     """report.md: one table per metric, its notes, the plots, the skipped runs and the sources."""
-    runs = {id(r): r for t in tables for c in t.cells.values() for r in c.runs}
+    runs = reported_runs(tables)
     monitors = {r.metrics.get("monitor", "") for r in runs.values()}
     lines = [
         "# imbench report",
         "",
-        f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; {len(skipped)} skipped (listed below).",
+        f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; {skip_summary(tables, skipped)} (listed below).",
         "",
         epoch_statement(epoch, monitors),
         "Each cell is the mean ± sample standard deviation over the runs (seeds) of that method and column, "
@@ -582,17 +618,36 @@ def plot_class_counts(run: Run, col: Column) -> bytes:
         plt.close(fig)
 
 
-def report_plots(tables: list[Table], epoch: str) -> dict[str, bytes]:
-    """File name -> PNG: `per_class_<column>.png` and `class_counts_<column>.png` for each column."""
-    plots: dict[str, bytes] = {}
+def column_table(tables: list[Table], col: Column) -> Table:
+    """Every reported run of `col` across the tables, one row per method (labelled as in the first
+    table listing it): per-class accuracy / AP does not depend on the table's metric, so a column's
+    plots are drawn once from all its runs, not once per table."""
+    rows: dict[tuple, str] = {}
+    cells: dict[tuple, Cell] = {}
     for table in tables:
-        for col in table.columns:
-            png = plot_per_class(table, col, epoch)
-            if png is not None:
-                plots[f"per_class_{col.slug}.png"] = png
-            first = next((r for row in table.rows for r in table.cells[(row, col)].runs if r.stats.get("train_counts")), None)
-            if first is not None and f"class_counts_{col.slug}.png" not in plots:
-                plots[f"class_counts_{col.slug}.png"] = plot_class_counts(first, col)
+        if col not in table.columns:
+            continue
+        for row, label in table.rows.items():
+            rows.setdefault(row, label)
+            cell = cells.setdefault((row, col), Cell())
+            seen = {id(r) for r in cell.runs}
+            cell.runs += [r for r in table.cells[(row, col)].runs if id(r) not in seen]
+    rows = dict(sorted(rows.items(), key=lambda kv: kv[1]))
+    return Table("", rows, [col], cells)
+
+
+def report_plots(tables: list[Table], epoch: str) -> dict[str, bytes]:
+    """File name -> PNG: `per_class_<column>.png` and `class_counts_<column>.png`, once for each
+    column of any table."""
+    plots: dict[str, bytes] = {}
+    for col in dict.fromkeys(col for table in tables for col in table.columns):
+        merged = column_table(tables, col)
+        png = plot_per_class(merged, col, epoch)
+        if png is not None:
+            plots[f"per_class_{col.slug}.png"] = png
+        first = next((r for row in merged.rows for r in merged.cells[(row, col)].runs if r.stats.get("train_counts")), None)
+        if first is not None:
+            plots[f"class_counts_{col.slug}.png"] = plot_class_counts(first, col)
     return plots
 
 
@@ -607,18 +662,18 @@ class ReportResult:
     files: list[str]
 
 
-def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: str = "auto",
+def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: str | list[str] | None = "auto",
                  reference_names: list[str] | None = None) -> ReportResult:
     """Read every run directory under `paths` and write report.md, report.csv and the PNG plots
-    into `out_dir`, each atomically. Raises ImbenchError when no run can be reported."""
+    into `out_dir`, each atomically; `metric` is one choice or several (one table each).
+    Raises ImbenchError when no run can be reported."""
     from imbalance_bench.errors import ImbenchError
     from imbalance_bench.reference import default_references, load_reference
     from imbalance_bench.runfiles import atomic_write_bytes
 
     if epoch not in EPOCH_RECORDS:
         raise ImbenchError(f"--epoch {epoch}: choose last or best")
-    if metric != "auto" and metric not in METRICS:
-        raise ImbenchError(f"--metric {metric}: choose auto, {', '.join(METRICS)}")
+    metric = metric_choices(metric)  # checked before any run is read
     references = [load_reference(n) for n in (default_references() if reference_names is None else reference_names)]
     run_dirs: list[Path] = []
     for path in paths:

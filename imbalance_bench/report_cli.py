@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default: the first PATH)")
     parser.add_argument("--epoch", choices=("last", "best"), default="last",
                         help="cells from the last epoch (default, as Cui et al. report) or the best epoch (chosen on the test split)")
-    parser.add_argument("--metric", choices=("auto", *METRICS), default="auto",
-                        help="auto: top-1 error for single-label runs, mAP for multi-label runs")
+    parser.add_argument("--metric", action="append", choices=("auto", *METRICS),
+                        help="table metric (repeatable: one table each; default auto): auto is top-1 error for "
+                             "single-label runs, mAP for multi-label runs")
     parser.add_argument("--reference", action="append", metavar="NAME",
                         help="published table to compare with (repeatable; default: every bundled one; 'none': no comparison)")
     return parser
@@ -63,8 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         result = write_report([Path(p) for p in args.paths], out, args.epoch, args.metric, references)
     except ImbenchError as exc:
         fail(str(exc))
-    n_runs = len({id(r) for t in result.tables for c in t.cells.values() for r in c.runs})
-    print(f"{PROG}: {n_runs} run(s), {len(result.skipped)} skipped; wrote {', '.join(result.files)} to {result.out_dir}")
+    from imbalance_bench.report import reported_runs, skip_summary
+
+    n_runs = len(reported_runs(result.tables))  # a run in several tables counts once
+    print(f"{PROG}: {n_runs} run(s), {skip_summary(result.tables, result.skipped)}; "
+          f"wrote {', '.join(result.files)} to {result.out_dir}")
 
 
 if __name__ == "__main__":

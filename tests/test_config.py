@@ -8,7 +8,9 @@ from imbalance_bench.config import CONFIG_GROUPS, validate
 from imbalance_bench.errors import ConfigError
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-OPTIONS = [(group, p.stem) for group in CONFIG_GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
+# Nested options count too: conf/experiment/cui2019_table2/softmax.yaml is experiment=cui2019_table2/softmax.
+OPTIONS = [(group, p.relative_to(CONF / group).with_suffix("").as_posix())
+           for group in CONFIG_GROUPS for p in sorted((CONF / group).rglob("*.yaml"))]
 
 
 def test_every_group_has_options():
@@ -41,7 +43,7 @@ def test_cifar_recipe_defaults(compose_cfg):
 
 
 def test_command_line_group_choice_beats_the_preset(compose_cfg):
-    cfg = compose_cfg(["experiment=cui_cifar10_if100_cb_focal", "dataset=cifar100_lt"])
+    cfg = compose_cfg(["experiment=cui2019_table2/cb_best_cifar10_if100", "dataset=cifar100_lt"])
     assert cfg.dataset.name == "cifar100_lt" and cfg.dataset.imbalance_factor == 100
     cfg = compose_cfg(["experiment=cifar_lt", "loss=ce", "reweight=none"])
     assert cfg.dataset.name == "cifar10_lt" and cfg.loss.name == "ce" and cfg.reweight.name == "none"

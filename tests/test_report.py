@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imbalance_bench import report
+from imbalance_bench.errors import ImbenchError
 from imbalance_bench.reference import default_references, load_reference, lookup, reference_names
 from imbalance_bench.report import (
     Cell, aggregate, build_tables, column_of, format_cell, format_summary, method_keys, method_labels, read_run,
+    write_report,
 )
 from imbalance_bench.report_cli import main
 
@@ -78,6 +81,21 @@ def sweep(tmp_path) -> Path:
     (root / "7" / ".hydra").mkdir(parents=True)
     (root / "7" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     return root
+
+
+def write_multi_label_runs(root: Path) -> Path:
+    """Multi-label runs (metrics.json: map = top1, mean_f2 = top1 - 0.1): BCE over seeds 0 and 1
+    (mAP 50, 60; mean F2 40, 50) and ASL once (mAP 70, mean F2 60), all MultiMNIST IF 10."""
+    common = dict(dataset="multimnist", imbalance_factor=10, counts=CIFAR10_IF10, label_kind="multi")
+    write_run(root / "0", seed=0, top1=0.5, loss=loss_cfg("bce"), **common)
+    write_run(root / "1", seed=1, top1=0.6, loss=loss_cfg("bce"), **common)
+    write_run(root / "2", seed=0, top1=0.7, loss=loss_cfg("asl"), **common)
+    return root
+
+
+def section(md: str, title: str) -> str:
+    """The text of report.md under `## title`, up to the next heading of that level."""
+    return md.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -215,6 +233,84 @@ def test_metric_the_runs_lack_is_a_skip(tmp_path):
     assert f"| `{tmp_path / 's'}` | map not recorded in `final` (single-label run) |" in md
 
 
+def test_two_metrics_give_two_tables_of_the_same_runs(tmp_path, capsys):
+    root = write_multi_label_runs(tmp_path / "runs")
+    main([str(root), "--metric", "map", "--metric", "mean_f2", "--reference", "none"])
+    out = capsys.readouterr().out
+    assert out.startswith("imbench-report: 3 run(s), 0 skipped; wrote report.md, report.csv, "
+                          "per_class_multimnist_if10.png, class_counts_multimnist_if10.png to ")  # each plot once
+    md = (root / "report.md").read_text()
+    assert md.index("## Mean F2 (%)") < md.index("## mAP (%)")  # METRICS order, not the order given
+    assert "| asl | 60.00 |" in section(md, "Mean F2 (%)")
+    assert "| bce | 45.00 ± 7.07 (n=2) |" in section(md, "Mean F2 (%)")  # mean and sample std of 40, 50
+    assert "| asl | 70.00 |" in section(md, "mAP (%)")
+    assert "| bce | 55.00 ± 7.07 (n=2) |" in section(md, "mAP (%)")  # 50, 60
+    assert md.count("[per_class_multimnist_if10.png]") == 1
+
+    rows = read_csv(root / "report.csv")
+    assert [(r["metric"], r["method"], r["n"], r["mean"], r["std"], r["seeds"]) for r in rows] == [
+        ("mean_f2", "asl", "1", "60.0000", "", "0"),
+        ("mean_f2", "bce", "2", "45.0000", "7.0711", "0 1"),
+        ("map", "asl", "1", "70.0000", "", "0"),
+        ("map", "bce", "2", "55.0000", "7.0711", "0 1"),
+    ]
+
+
+def test_auto_and_map_on_multi_label_runs_are_one_table(tmp_path, capsys):
+    root = write_multi_label_runs(tmp_path / "runs")
+    runs = [read_run(root / str(n)) for n in range(3)]
+    (table,), skipped = build_tables(runs, "last", ["auto", "map"], [])
+    assert table.metric == "map" and skipped == []
+    assert sorted(table.rows.values()) == ["asl", "bce"]
+
+    main([str(root), "--metric", "auto", "--metric", "map", "--reference", "none"])
+    assert capsys.readouterr().out.startswith("imbench-report: 3 run(s), 0 skipped; ")
+    md = (root / "report.md").read_text()
+    assert md.count("\n## mAP (%)\n") == 1 and "## Top-1 error (%)" not in md
+    assert {r["metric"] for r in read_csv(root / "report.csv")} == {"map"}
+
+
+def test_a_run_skipped_for_one_metric_counts_once(tmp_path, capsys):
+    write_run(tmp_path / "s")
+    write_run(tmp_path / "m", top1=0.5, dataset="multimnist", label_kind="multi", loss=loss_cfg("bce"))
+    write_run(tmp_path / "d", status="diverged")
+    main([str(tmp_path), "--metric", "top1_error", "--metric", "map", "--reference", "none"])
+    assert capsys.readouterr().out.startswith(
+        "imbench-report: 2 run(s), 1 skipped, 2 left out of a table (metric not recorded); wrote ")
+    md = (tmp_path / "report.md").read_text()
+    assert "2 run(s) from " in md and "; 1 skipped, 2 left out of a table (metric not recorded) (listed below)." in md
+    assert "| ce | 30.00 |" in section(md, "Top-1 error (%)") and "| bce | 50.00 |" in section(md, "mAP (%)")
+    assert f"| `{tmp_path / 's'}` | map not recorded in `final` (single-label run) |" in md
+    assert f"| `{tmp_path / 'm'}` | top1_error not recorded in `final` (multi-label run) |" in md
+
+
+def test_per_class_plot_is_drawn_once_from_every_run_of_its_column(tmp_path, monkeypatch):
+    write_run(tmp_path / "ce", top1=0.7)
+    bce = write_run(tmp_path / "bce", top1=0.6, loss=loss_cfg("bce"))
+    metrics = json.loads((bce / "metrics.json").read_text())
+    del metrics["final"]["mean_f2"]  # bce is in the top-1 table only
+    (bce / "metrics.json").write_text(json.dumps(metrics))
+    drawn = []
+
+    def fake_plot(table, col, epoch):
+        drawn.append((col.label, [label for label, _, _ in report.per_class_series(table, col, epoch)]))
+        return PNG_SIGNATURE
+
+    monkeypatch.setattr(report, "plot_per_class", fake_plot)
+    result = write_report([tmp_path], tmp_path, "last", ["top1", "mean_f2"], [])
+    assert [t.metric for t in result.tables] == ["top1", "mean_f2"]
+    assert drawn == [("cifar10_lt IF 100", ["bce", "ce"])]  # not once per table, nor only mean_f2's runs
+    assert result.files.count("per_class_cifar10_lt_if100.png") == 1
+
+
+def test_write_report_refuses_a_bad_metric_among_several(tmp_path):
+    write_run(tmp_path / "r")
+    with pytest.raises(ImbenchError) as exc:
+        write_report([tmp_path], tmp_path, "last", ["map", "nope", "auto"], [])
+    assert str(exc.value) == "--metric nope: choose auto, top1_error, top1, mean_f2, map"
+    assert not (tmp_path / "report.md").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -222,6 +318,8 @@ def test_metric_the_runs_lack_is_a_skip(tmp_path):
         (["{empty}"], "no run directories (with metrics.json) under {empty}"),
         (["{root}", "--reference", "nope"], "--reference nope: unknown table; choose one of: cao2019_table2, cui2019_table2"),
         (["{root}", "--epoch", "first"], "argument --epoch: invalid choice: 'first' (choose from 'last', 'best')"),
+        (["{root}", "--metric", "map", "--metric", "nope"],
+         "argument --metric: invalid choice: 'nope' (choose from 'auto', 'top1_error', 'top1', 'mean_f2', 'map')"),
         (["{diverged}"], "no completed runs to report under {diverged} (1 skipped; {diverged}/x: status 'diverged', not 'completed')"),
     ],
 )

@@ -1,0 +1,190 @@
+"""Paper-table presets (conf/experiment/<table>/) and scripts/reproduce_<table>.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, SMOKE
+from imbalance_bench.config import validate
+from imbalance_bench.reference import load_reference, lookup
+from imbalance_bench.report import method_keys
+
+SCRIPTS = REPO / "scripts"
+CIFAR_COLUMNS = [(ds, factor) for ds in ("cifar10_lt", "cifar100_lt") for factor in (200, 100, 50, 20, 10, 1)]
+
+
+def run_script(name: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "IMBENCH_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    env.pop("IMBENCH_DATA_ROOT", None)
+    return subprocess.run(["bash", str(SCRIPTS / f"reproduce_{name}.sh"), *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def listed_runs(stdout: str) -> list[str]:
+    """The numbered job lines of a dry run."""
+    return [m.group(1) for m in re.finditer(r"^ +\d+  (.*)$", stdout, re.M)]
+
+
+def method_of(cfg) -> dict:
+    """A composed config's method keys, as imbench-report reads them from a run directory."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return method_keys({"model": cfg.model.name, "loss": cfg.loss.name, "reweight": cfg.reweight.name}, config)
+
+
+# ------------------------------------------------------------------ dry runs
+
+
+@pytest.mark.parametrize("table, runs", [("cui2019_table2", 72), ("cao2019_table2", 48),
+                                         ("plm_multimnist", 4), ("focal_coco_f2", 6)])
+def test_dry_run_prints_every_run_and_the_count(table, runs, tmp_path):
+    result = run_script(table, "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = listed_runs(result.stdout)
+    assert len(lines) == runs and len(set(lines)) == runs
+    assert result.stdout.rstrip().splitlines()[-1] == f"{runs} runs"
+    assert not list(tmp_path.iterdir())  # a dry run launches and writes nothing
+
+
+def test_dry_run_seeds_multiply_the_runs_and_overrides_reach_every_run(tmp_path):
+    result = run_script("plm_multimnist", "--dry-run", "--seeds", "0,1,2", "dataset.num_train=600", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("12 runs")
+    assert "every run: experiment=plm_multimnist dataset.num_train=600" in result.stdout
+    runs = listed_runs(result.stdout)
+    assert sorted({r.split("seed=")[1] for r in runs}) == ["0", "1", "2"]
+    assert {" ".join(sorted(r.split()[:2])) for r in runs} == {
+        "loss=bce reweight=none", "loss=bce reweight=cb", "loss=plm reweight=none", "loss=plm reweight=cb"}
+
+
+def test_cui_table_covers_every_cell_of_the_published_table(tmp_path):
+    runs = listed_runs(run_script("cui2019_table2", "--dry-run", cwd=tmp_path).stdout)
+    rows = ("softmax", "sigmoid", "focal_g05", "focal_g1", "focal_g2")
+    expected = {f"experiment=cui2019_table2/{row} dataset={ds} dataset.imbalance_factor={f}"
+                for row in rows for ds, f in CIFAR_COLUMNS}
+    expected |= {f"experiment=cui2019_table2/cb_best_{ds.replace('_lt', '')}_if{f}" for ds, f in CIFAR_COLUMNS}
+    assert set(runs) == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dry-run", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--dry-run", "--seeds", "0,x"], "--seeds 0,x: expected integers"),
+    (["--dry-run", "dataset.imbalance_factr=5"], "sweep losses: dataset.imbalance_factr: unknown key"),
+    (["--dry-run", "trainer.epochs=0"], "trainer.epochs=0 is not allowed"),
+    (["--dry-run", "--seeds", "0,1", "seed=3"], "seed=3: give seeds either with --seeds"),
+    (["--dry-run", "loss=ce"], "loss=ce"),          # a single-label loss on the multi-label table
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = run_script("plm_multimnist", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("reproduce: error:") and message in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_an_output_folder_with_runs_is_refused_and_left_alone(tmp_path):
+    done = tmp_path / "out" / "losses" / "0" / "metrics.json"
+    done.parent.mkdir(parents=True)
+    done.write_text('{"status": "completed"}')
+    result = run_script("plm_multimnist", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 2 and "already holds sweep folder(s) losses" in result.stderr
+    assert done.read_text() == '{"status": "completed"}'
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["losses"]
+
+
+# ------------------------------------------------------------------ presets against the published tables
+
+
+CUI = load_reference("cui2019_table2")
+CUI_ROWS = {"softmax": "Softmax", "sigmoid": "Sigmoid", "focal_g05": "Focal (gamma 0.5)",
+            "focal_g1": "Focal (gamma 1.0)", "focal_g2": "Focal (gamma 2.0)"}
+
+
+def published(reference: dict, label: str, dataset: str, kind: str, factor: int):
+    row = next(r for r in reference["rows"] if r["label"] == label)
+    cell = row["cells"][dataset][kind][factor]
+    return cell["value"] if isinstance(cell, dict) else cell
+
+
+@pytest.mark.parametrize("preset, label", CUI_ROWS.items())
+def test_cui_row_presets_meet_their_published_row(compose_cfg, preset, label):
+    for dataset, factor in CIFAR_COLUMNS:
+        cfg = compose_cfg([f"experiment=cui2019_table2/{preset}", f"dataset={dataset}",
+                           f"dataset.imbalance_factor={factor}"])
+        validate(cfg)
+        assert (cfg.model.name, cfg.trainer.epochs, cfg.optimizer.lr, list(cfg.scheduler.milestones)) == \
+            ("resnet32", 200, 0.1, [160, 180])
+        found = lookup(CUI, method_of(cfg), dataset, "exp", factor)
+        assert found == (published(CUI, label, dataset, "exp", factor), label)
+
+
+@pytest.mark.parametrize("dataset, factor", CIFAR_COLUMNS)
+def test_cui_class_balanced_presets_are_the_papers_best_cell(compose_cfg, dataset, factor):
+    cfg = compose_cfg([f"experiment=cui2019_table2/cb_best_{dataset.replace('_lt', '')}_if{factor}"])
+    validate(cfg)
+    assert (cfg.dataset.name, cfg.dataset.imbalance_factor, cfg.reweight.name) == (dataset, factor, "cb")
+    assert cfg.reweight.start_epoch == 0
+    found = lookup(CUI, method_of(cfg), dataset, "exp", factor)
+    assert found == (published(CUI, "Class-Balanced (best)", dataset, "exp", factor), "Class-Balanced (best)")
+
+
+CAO = load_reference("cao2019_table2")
+CAO_ROWS = {"erm": "ERM", "focal": "Focal", "ldam": "LDAM", "cb_rw": "CB RW", "cb_focal": "CB Focal", "ldam_drw": "LDAM-DRW"}
+
+
+@pytest.mark.parametrize("preset, label", CAO_ROWS.items())
+def test_cao_row_presets_meet_their_published_row(compose_cfg, preset, label):
+    for dataset in ("cifar10_lt", "cifar100_lt"):
+        for kind in ("exp", "step"):
+            for factor in (100, 10):
+                cfg = compose_cfg([f"experiment=cao2019_table2/{preset}", f"dataset={dataset}",
+                                   f"dataset.imbalance_factor={factor}", f"dataset.imbalance_type={kind}"])
+                validate(cfg)
+                found = lookup(CAO, method_of(cfg), dataset, kind, factor)
+                assert found == (published(CAO, label, dataset, kind, factor), label)
+
+
+def test_ldam_drw_defers_the_weights_to_the_lr_drop(compose_cfg):
+    cfg = compose_cfg(["experiment=cao2019_table2/ldam_drw"])
+    assert cfg.reweight.start_epoch == cfg.scheduler.milestones[0] == 160
+    assert cfg.loss.normalized_classifier and cfg.loss.scale == 30 and cfg.loss.max_margin == 0.5
+
+
+def test_a_nested_preset_through_the_cli(imbench, tmp_path):
+    result = imbench("experiment=cao2019_table2/ldam_drw", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "name: ldam" in result.stdout and "start_epoch: 160" in result.stdout
+    result = imbench("experiment=cao2019_table2/ldam_drv")
+    assert result.returncode == 2 and "cao2019_table2/ldam_drw" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+# ------------------------------------------------------------------ a whole (tiny) table for real
+
+
+def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path):
+    """Two sweeps on the MNIST fixture, one of which fails: the other still runs, the report and
+    reproduce.json are written, and the exit code says a sweep failed."""
+    common = [f"dataset.root={data_root}", "dataset.imbalance_factor=10", *SMOKE]
+    argv = ["--table", "tiny", "--sweep", "losses: loss=ce,bce reweight=none",
+            "--sweep", "broken: loss=focal model=resnet50 model.pretrained=true",   # offline: no weights
+            "--out", str(tmp_path / "out"), "--seeds", "0", *common]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "imbalance_bench.reproduce", *argv], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "reproduce.json").read_text())
+    assert [(s["name"], s["runs"], s["completed"]) for s in summary["sweeps"]] == [("losses", 2, 2), ("broken", 1, 0)]
+    assert summary["sweeps"][0]["exit_code"] == 0 and summary["sweeps"][1]["exit_code"] != 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "ce" in report and "bce" in report
+    csv = (tmp_path / "out" / "report.csv").read_text()
+    assert csv.count("\n") >= 3  # header + both methods
+    assert "failed sweeps: broken" in result.stdout
