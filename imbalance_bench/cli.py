@@ -18,18 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
 from imbalance_bench.config import CONFIG_GROUPS, check_label_kind, validate
-from imbalance_bench.errors import ConfigError, ImbenchError, user_message
+from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, user_message
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-EXIT_USER_ERROR = 2
 log = logging.getLogger("imbench")
 
 
 def fail(message: str) -> None:
     """Print one line to stderr and exit with the user-error code."""
-    sys.stderr.write(f"imbench: error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(EXIT_USER_ERROR)
+    exit_user_error("imbench", message)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -1,6 +1,10 @@
 """User-facing errors: the CLI prints their message as one line and exits with code 2."""
 
+import argparse
 import re
+import sys
+
+EXIT_USER_ERROR = 2
 
 _CLASS_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Diverged): ")
 
@@ -29,3 +33,17 @@ def user_message(exc: BaseException) -> str:
         last = [line for line in text.splitlines() if line.strip()][-1].strip()
         return _CLASS_PREFIX.sub("", last)
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def exit_user_error(prog: str, message: str) -> None:
+    """Print `PROG: error: MESSAGE` as one line to stderr and exit with the user-error code 2."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other user error here."""
+
+    def error(self, message: str) -> None:
+        exit_user_error(self.prog, message)

@@ -466,7 +466,8 @@ def format_markdown(tables: list[Table], skipped: list[Skipped], epoch: str, ref
     lines = [
         "# imbench report",
         "",
-        f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; {skip_summary(tables, skipped)} (listed below).",
+        f"{len(runs)} run(s) from {', '.join(f'`{s}`' for s in sources)}; {skip_summary(tables, skipped)}"
+        + (" (listed below)." if skipped else "."),
         "",
         epoch_statement(epoch, monitors),
         "Each cell is the mean ± sample standard deviation over the runs (seeds) of that method and column, "

@@ -10,28 +10,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from imbalance_bench.errors import ImbenchError
+from imbalance_bench.errors import ImbenchError, OneLineArgumentParser, exit_user_error
 
 PROG = "imbench-report"
-EXIT_USER_ERROR = 2
 
 
 def fail(message: str) -> None:
-    """Print one line to stderr and exit with the user-error code."""
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(EXIT_USER_ERROR)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        fail(message)
+    exit_user_error(PROG, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from imbalance_bench.report import METRICS
 
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog=PROG,
         description="Tables (report.md, report.csv) and plots (PNG) over imbench run directories: rows are "
                     "methods, columns dataset x imbalance factor, cells the mean ± std over seeds beside "

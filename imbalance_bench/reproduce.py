@@ -15,6 +15,7 @@ report.csv, plots) and `reproduce.json` (commands, exit codes, wall times) land 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -23,10 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from imbalance_bench.errors import ConfigError, ImbenchError
+from imbalance_bench.errors import ConfigError, ImbenchError, OneLineArgumentParser, exit_user_error
 
 PROG = "reproduce"
-EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 
 
@@ -45,14 +45,7 @@ class Sweep:
 
 
 def fail(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(EXIT_USER_ERROR)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        fail(message)
+    exit_user_error(PROG, message)
 
 
 def parse_sweep(text: str) -> Sweep:
@@ -65,7 +58,7 @@ def parse_sweep(text: str) -> Sweep:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Run a paper table as imbench multiruns and report it.")
+    parser = OneLineArgumentParser(prog=PROG, description="Run a paper table as imbench multiruns and report it.")
     parser.add_argument("--table", required=True, help="table name (names the default output folder)")
     parser.add_argument("--sweep", action="append", required=True, metavar="'NAME: OVERRIDE ...'",
                         help="one imbench -m command line of the table (repeatable)")
@@ -129,6 +122,13 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _completed(metrics_json: Path) -> bool:
+    try:
+        return json.loads(metrics_json.read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
 def run_sweep(sweep: Sweep, out: Path) -> dict:
     """Launch one sweep as `python -m imbalance_bench -m ...` into out/<name>; return its record."""
     command = [sys.executable, "-m", "imbalance_bench", "-m", *sweep.overrides,
@@ -137,7 +137,7 @@ def run_sweep(sweep: Sweep, out: Path) -> dict:
     start = time.monotonic()
     code = subprocess.call(command)
     seconds = time.monotonic() - start
-    done = sum(1 for job in (out / sweep.name).glob("*/metrics.json") if '"status": "completed"' in job.read_text())
+    done = sum(1 for path in (out / sweep.name).glob("*/metrics.json") if _completed(path))
     print(f"[{sweep.name}] exit {code}, {done}/{len(sweep.jobs)} runs completed in {seconds / 60:.1f} min", flush=True)
     return {"name": sweep.name, "command": shlex.join(["imbench", *command[3:]]), "runs": len(sweep.jobs),
             "completed": done, "exit_code": code, "wall_seconds": round(seconds, 1)}
