@@ -2,7 +2,9 @@
 
 Before Hydra runs, every job of the command (each point of a multirun sweep) is composed and
 validated, so a typo fails at once with one line that names the key and what is allowed,
-instead of a Hydra error block or a traceback half-way through a sweep.
+instead of a Hydra error block or a traceback half-way through a sweep. A job of a sweep that
+stops on a user error at run time (a missing dataset file, unavailable weights) prints its one line
+and the sweep goes on; the command then exits 2 naming the failed jobs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
@@ -22,6 +25,7 @@ from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, u
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("imbench")
+FAILED_JOBS: list[str] = []  # jobs of the current multirun that stopped on a user error
 
 
 def fail(message: str) -> None:
@@ -34,10 +38,18 @@ def hydra_app(cfg: DictConfig) -> float:
     """The Hydra task: run one job and return the monitored metric (for Hydra sweepers)."""
     from imbalance_bench.train import run
 
+    hydra_cfg = HydraConfig.get()
     try:
-        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+        metrics = run(cfg, hydra_cfg.runtime.output_dir)
     except ImbenchError as exc:
-        fail(user_message(exc))
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            fail(user_message(exc))
+        # In a sweep the other jobs still run; main() reports the failed ones and exits non-zero.
+        overrides = " ".join(hydra_cfg.overrides.task)
+        FAILED_JOBS.append(f"#{hydra_cfg.job.num} ({overrides})")
+        sys.stderr.write(f"imbench: error: job #{hydra_cfg.job.num}: {user_message(exc)}\n")
+        sys.stderr.flush()
+        return float("nan")
     value = metrics["final"][metrics["monitor"]]
     return float("nan") if value is None else float(value)
 
@@ -52,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         GlobalHydra.instance().clear()
     sys.argv = [sys.argv[0]] + argv
+    FAILED_JOBS.clear()
     hydra_app()
+    if FAILED_JOBS:
+        fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed (their errors are above): {'; '.join(FAILED_JOBS)}")
 
 
 # ------------------------------------------------------------------ pre-flight

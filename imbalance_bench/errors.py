@@ -3,6 +3,7 @@
 import argparse
 import re
 import sys
+from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 
@@ -35,7 +36,7 @@ def user_message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def exit_user_error(prog: str, message: str) -> None:
+def exit_user_error(prog: str, message: str) -> NoReturn:
     """Print `PROG: error: MESSAGE` as one line to stderr and exit with the user-error code 2."""
     sys.stderr.write(f"{prog}: error: {message}\n")
     sys.stderr.flush()

@@ -28,6 +28,7 @@ from imbalance_bench.errors import ConfigError, ImbenchError, OneLineArgumentPar
 
 PROG = "reproduce"
 EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 @dataclass
@@ -77,6 +78,8 @@ def parse_seeds(text: str | None) -> str | None:
     seeds = [s.strip() for s in text.split(",")]
     if not seeds or not all(s.lstrip("-").isdigit() for s in seeds):
         raise ConfigError(f"--seeds {text}: expected integers separated by commas, e.g. 0,1,2")
+    if len({int(s) for s in seeds}) != len(seeds):
+        raise ConfigError(f"--seeds {text}: a seed is listed twice")
     return ",".join(seeds)
 
 
@@ -86,11 +89,17 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep
 
     from imbalance_bench.cli import expand_jobs, preflight
 
+    names = [s.name for s in sweeps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--sweep: names must differ (each names its output folder), got {', '.join(names)}")
     for arg in extra:
-        if arg.startswith("-") or "=" not in arg:
-            raise ConfigError(f"{arg}: not an option of this script (--dry-run, --seeds, --out) nor a key=value override")
-        if arg.partition("=")[0].lstrip("+~") == "seed" and seeds is not None:
+        key = arg.partition("=")[0].lstrip("+~")
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+            raise ConfigError(f"{arg}: not an option of this script (--dry-run, --seeds, --out, --metric) nor a key=value override")
+        if key == "seed" and seeds is not None:
             raise ConfigError(f"{arg}: give seeds either with --seeds or as seed=..., not both")
+        if key.startswith("hydra.sweep") or key.startswith("hydra.run"):
+            raise ConfigError(f"{arg}: the script places the runs itself; use --out DIR")
     for sweep in sweeps:
         sweep.overrides = sweep.overrides + ([f"seed={seeds}"] if seeds else []) + list(extra)
         try:
@@ -119,7 +128,23 @@ def print_plan(table: str, sweeps: list[Sweep], out: Path) -> None:
 
 
 def _quoted(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Hydra override value in single quotes (check_out refuses backslashes and `$`)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def check_out(out: Path) -> None:
+    """The output folder must be new (or empty) and creatable: a table never mixes with older runs."""
+    if any(c in str(out) for c in "\\$"):
+        raise ConfigError(f"--out {out}: backslashes and '$' are not allowed in the folder name")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: the folder is not empty; choose a new one so no earlier run is overwritten "
+                          "or mixed into this table's report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
 
 
 def _completed(metrics_json: Path) -> bool:
@@ -144,44 +169,62 @@ def run_sweep(sweep: Sweep, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from imbalance_bench.report import metric_choices
+
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else Path("multirun") / args.table / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
+        metric_choices(args.metric)
         sweeps = plan([parse_sweep(s) for s in args.sweep], parse_seeds(args.seeds), args.overrides)
-    except ConfigError as exc:
+        if not args.dry_run:
+            check_out(out)
+    except ImbenchError as exc:
         fail(str(exc))
-    if args.dry_run:
-        print_plan(args.table, sweeps, out)
-        return
-    taken = [s.name for s in sweeps if (out / s.name).exists() and any((out / s.name).iterdir())]
-    if taken:
-        fail(f"--out {out}: already holds sweep folder(s) {', '.join(taken)}; choose a new folder so no finished run is overwritten")
     print_plan(args.table, sweeps, out)
+    if args.dry_run:
+        return
     started = datetime.now().isoformat(timespec="seconds")
-    records = [run_sweep(sweep, out) for sweep in sweeps]
-    write_summary(out, args.table, started, records)
-    report_ok = write_table_report(out, args.metric)
-    failed = [r["name"] for r in records if r["exit_code"] != 0]
+    records: list[dict] = []
+    interrupted = False
+    try:
+        for sweep in sweeps:
+            records.append(run_sweep(sweep, out))
+    except KeyboardInterrupt:
+        interrupted = True
+    write_summary(out, args.table, started, records, interrupted)
+    report_ok = write_table_report(out, [s.name for s in sweeps], args.metric, args.table)
+    if interrupted:
+        sys.stderr.write(f"{PROG}: interrupted after {len(records)} of {len(sweeps)} finished sweep(s); "
+                         f"what finished is in {out} (reproduce.json, report.md)\n")
+        raise SystemExit(EXIT_INTERRUPTED)
+    failed = [r["name"] for r in records if r["exit_code"] != 0 or r["completed"] < r["runs"]]
     total = sum(r["wall_seconds"] for r in records)
     print(f"\n{args.table}: {sum(r['completed'] for r in records)}/{sum(r['runs'] for r in records)} runs completed "
-          f"in {total / 60:.1f} min; failed sweeps: {', '.join(failed) or 'none'}; results in {out}")
+          f"in {total / 60:.1f} min; sweeps with failed runs: {', '.join(failed) or 'none'}; results in {out}")
     if failed or not report_ok:
         raise SystemExit(EXIT_RUN_FAILED)
 
 
-def write_summary(out: Path, table: str, started: str, records: list[dict]) -> None:
+def write_summary(out: Path, table: str, started: str, records: list[dict], interrupted: bool) -> None:
     from imbalance_bench.runfiles import write_json
 
     write_json(out / "reproduce.json", {"table": table, "started": started,
-                                        "finished": datetime.now().isoformat(timespec="seconds"), "sweeps": records})
+                                        "finished": datetime.now().isoformat(timespec="seconds"),
+                                        "interrupted": interrupted, "sweeps": records})
 
 
-def write_table_report(out: Path, metrics: list[str] | None) -> bool:
-    """imbench-report over the sweeps; False (with one line on stderr) when nothing could be reported."""
+def write_table_report(out: Path, sweep_names: list[str], metrics: list[str] | None, table: str) -> bool:
+    """imbench-report over the table's sweep folders, compared with the table's own published numbers
+    when a reference of that name exists; False (one line on stderr) when nothing could be reported."""
+    from imbalance_bench.reference import reference_names
     from imbalance_bench.report import write_report
 
+    folders = [out / name for name in sweep_names if (out / name).is_dir()]
+    references = [table] if table in reference_names() else None
     try:
-        result = write_report([out], out, "last", metrics or "auto")
+        if not folders:
+            raise ImbenchError("no sweep folder was written")
+        result = write_report(folders, out, "last", metrics or "auto", references)
     except ImbenchError as exc:
         sys.stderr.write(f"{PROG}: report: {exc}\n")
         return False

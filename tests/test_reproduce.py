@@ -94,9 +94,26 @@ def test_an_output_folder_with_runs_is_refused_and_left_alone(tmp_path):
     done.parent.mkdir(parents=True)
     done.write_text('{"status": "completed"}')
     result = run_script("plm_multimnist", "--out", "out", cwd=tmp_path)
-    assert result.returncode == 2 and "already holds sweep folder(s) losses" in result.stderr
+    assert result.returncode == 2 and "--out out: the folder is not empty" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert done.read_text() == '{"status": "completed"}'
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["losses"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "f3"], "--metric f3: choose auto"),
+    (["--seeds", "1,1"], "--seeds 1,1: a seed is listed twice"),
+    (["hydra.sweep.dir=elsewhere"], "hydra.sweep.dir=elsewhere: the script places the runs itself"),
+    (["--out", "a_file"], "--out a_file: exists and is not a folder"),
+    (["--out", "money$dir"], "backslashes and '$' are not allowed"),
+])
+def test_bad_options_stop_before_any_run(args, message, tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    result = run_script("plm_multimnist", *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    assert (tmp_path / "a_file").read_text() == "keep me"
 
 
 # ------------------------------------------------------------------ presets against the published tables
@@ -170,21 +187,28 @@ def test_a_nested_preset_through_the_cli(imbench, tmp_path):
 
 
 def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path):
-    """Two sweeps on the MNIST fixture, one of which fails: the other still runs, the report and
-    reproduce.json are written, and the exit code says a sweep failed."""
+    """Two sweeps on the MNIST fixture; a job of the second fails (resnet32 has no pretrained weights):
+    the sweep's other job and the first sweep still run, the report and reproduce.json are written,
+    and the exit code says runs failed."""
     common = [f"dataset.root={data_root}", "dataset.imbalance_factor=10", *SMOKE]
     argv = ["--table", "tiny", "--sweep", "losses: loss=ce,bce reweight=none",
-            "--sweep", "broken: loss=focal model=resnet50 model.pretrained=true",   # offline: no weights
-            "--out", str(tmp_path / "out"), "--seeds", "0", *common]
+            "--sweep", "mixed: loss=focal reweight=none model.pretrained=true,false",
+            "--out", str(tmp_path / "my out"), "--seeds", "0", *common]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "imbalance_bench.reproduce", *argv], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "reproduce.json").read_text())
-    assert [(s["name"], s["runs"], s["completed"]) for s in summary["sweeps"]] == [("losses", 2, 2), ("broken", 1, 0)]
-    assert summary["sweeps"][0]["exit_code"] == 0 and summary["sweeps"][1]["exit_code"] != 0
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "ce" in report and "bce" in report
-    csv = (tmp_path / "out" / "report.csv").read_text()
-    assert csv.count("\n") >= 3  # header + both methods
-    assert "failed sweeps: broken" in result.stdout
+    out = tmp_path / "my out"
+    summary = json.loads((out / "reproduce.json").read_text())
+    assert [(s["name"], s["runs"], s["completed"]) for s in summary["sweeps"]] == [("losses", 2, 2), ("mixed", 2, 1)]
+    assert summary["sweeps"][0]["exit_code"] == 0 and summary["sweeps"][1]["exit_code"] == 2
+    assert not summary["interrupted"]
+    assert "imbench: error: job #0: model.pretrained=true is not allowed" in result.stderr
+    assert "1 job(s) of the sweep failed" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "mixed" / "0" / "metrics.json").exists() and (out / "mixed" / "1" / "metrics.json").exists()
+    report = (out / "report.md").read_text()
+    methods = ("ce", "bce", "focal γ=2")
+    assert all(f"| {method} |" in report for method in methods)
+    rows = [line.split(",") for line in (out / "report.csv").read_text().splitlines()[1:]]
+    assert sorted(r[2] for r in rows) == sorted(methods)
+    assert "sweeps with failed runs: mixed" in result.stdout
