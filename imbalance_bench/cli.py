@@ -123,11 +123,14 @@ def check_dataset_label_kind(cfg: DictConfig) -> None:
 
 
 def check_group_options(overrides: list[str]) -> None:
+    """Each group choice (`loss=focal`, `experiment='cui2019_table2/softmax'`) names an existing option;
+    values are read as Hydra parses them, quotes and spaces included."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     loader = GlobalHydra.instance().config_loader()
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.lstrip("+~")
-        if not sep or key not in CONFIG_GROUPS or value in ("null", ""):
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key, value = override.key_or_group, override.value()
+        if override.is_delete() or key not in CONFIG_GROUPS or not isinstance(value, str) or value == "":
             continue
         options = group_options(loader, key)
         if value not in options:

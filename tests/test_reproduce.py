@@ -178,6 +178,9 @@ def test_a_nested_preset_through_the_cli(imbench, tmp_path):
     result = imbench("experiment=cao2019_table2/ldam_drw", "--cfg", "job")
     assert result.returncode == 0, result.stderr
     assert "name: ldam" in result.stdout and "start_epoch: 160" in result.stdout
+    result = imbench("experiment='cao2019_table2/ldam_drw'", "loss= ce", "--cfg", "job")  # Hydra's quoting
+    assert result.returncode == 0, result.stderr
+    assert "name: ce" in result.stdout and "start_epoch: 160" in result.stdout
     result = imbench("experiment=cao2019_table2/ldam_drv")
     assert result.returncode == 2 and "cao2019_table2/ldam_drw" in result.stderr
     assert not (tmp_path / "outputs").exists()
