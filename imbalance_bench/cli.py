@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
 from imbalance_bench.config import CONFIG_GROUPS, check_label_kind, validate
-from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, user_message
+from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, print_user_error, user_message
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("imbench")
@@ -47,8 +47,7 @@ def hydra_app(cfg: DictConfig) -> float:
         # In a sweep the other jobs still run; main() reports the failed ones and exits non-zero.
         overrides = " ".join(hydra_cfg.overrides.task)
         FAILED_JOBS.append(f"#{hydra_cfg.job.num} ({overrides})")
-        sys.stderr.write(f"imbench: error: job #{hydra_cfg.job.num}: {user_message(exc)}\n")
-        sys.stderr.flush()
+        print_user_error("imbench", f"job #{hydra_cfg.job.num}: {user_message(exc)}")
         return float("nan")
     value = metrics["final"][metrics["monitor"]]
     return float("nan") if value is None else float(value)
@@ -73,15 +72,16 @@ def main(argv: list[str] | None = None) -> None:
 # ------------------------------------------------------------------ pre-flight
 
 
-def preflight(argv: list[str]) -> None:
-    """Compose and validate every job the command line describes; raise ConfigError on the first bad one."""
+def preflight(argv: list[str]) -> list[list[str]]:
+    """Compose and validate every job the command line describes; raise ConfigError on the first bad one.
+    Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree)."""
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
-        return
+        return []
     if args.config_path or args.config_dir or (args.config_name not in (None, "config")):
-        return  # a user config tree: Hydra reports its own composition errors
+        return []  # a user config tree: Hydra reports its own composition errors
     jobs = expand_jobs(args.overrides, multirun=args.multirun)
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for overrides in jobs:
@@ -89,6 +89,7 @@ def preflight(argv: list[str]) -> None:
             cfg = compose_job(overrides)
             validate(cfg)
             check_dataset_label_kind(cfg)
+    return jobs
 
 
 def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:

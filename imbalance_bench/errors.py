@@ -36,10 +36,15 @@ def user_message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def exit_user_error(prog: str, message: str) -> NoReturn:
-    """Print `PROG: error: MESSAGE` as one line to stderr and exit with the user-error code 2."""
+def print_user_error(prog: str, message: str) -> None:
+    """Print `PROG: error: MESSAGE` as one line to stderr."""
     sys.stderr.write(f"{prog}: error: {message}\n")
     sys.stderr.flush()
+
+
+def exit_user_error(prog: str, message: str) -> NoReturn:
+    """Print `PROG: error: MESSAGE` as one line to stderr and exit with the user-error code 2."""
+    print_user_error(prog, message)
     raise SystemExit(EXIT_USER_ERROR)
 
 

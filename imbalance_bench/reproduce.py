@@ -87,7 +87,7 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep
     """Add the seeds and the user's overrides to every sweep, expand and validate all of its jobs."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from imbalance_bench.cli import expand_jobs, preflight
+    from imbalance_bench.cli import preflight
 
     names = [s.name for s in sweeps]
     if len(set(names)) != len(names):
@@ -103,8 +103,7 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep
     for sweep in sweeps:
         sweep.overrides = sweep.overrides + ([f"seed={seeds}"] if seeds else []) + list(extra)
         try:
-            preflight(["-m", *sweep.overrides])
-            sweep.jobs = expand_jobs(sweep.overrides, multirun=True)
+            sweep.jobs = preflight(["-m", *sweep.overrides])
         except ConfigError as exc:
             raise ConfigError(f"sweep {sweep.name}: {exc}") from None
         finally:
