@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
+from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,7 @@ from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, p
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("imbench")
 FAILED_JOBS: list[str] = []  # jobs of the current multirun that stopped on a user error
+FAILED_MARKERS = ".failed_jobs"  # <sweep dir>/.failed_jobs/<job num>: one line per failed job
 
 
 def fail(message: str) -> None:
@@ -45,12 +47,28 @@ def hydra_app(cfg: DictConfig) -> float:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             fail(user_message(exc))
         # In a sweep the other jobs still run; main() reports the failed ones and exits non-zero.
+        # Jobs may run in other processes (hydra/launcher=pack), so the record is a file.
         overrides = " ".join(hydra_cfg.overrides.task)
-        FAILED_JOBS.append(f"#{hydra_cfg.job.num} ({overrides})")
+        markers = Path(hydra_cfg.sweep.dir) / FAILED_MARKERS
+        markers.mkdir(parents=True, exist_ok=True)
+        (markers / str(hydra_cfg.job.num)).write_text(f"#{hydra_cfg.job.num} ({overrides})\n")
         print_user_error("imbench", f"job #{hydra_cfg.job.num}: {user_message(exc)}")
         return float("nan")
     value = metrics["final"][metrics["monitor"]]
     return float("nan") if value is None else float(value)
+
+
+class SweepFailures(Callback):
+    """Collects, in the launching process, the jobs of a multirun that stopped on a user error
+    (conf/config.yaml registers it under hydra.callbacks)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        for marker in (Path(config.hydra.sweep.dir) / FAILED_MARKERS).glob("*"):
+            marker.unlink()  # left by an earlier sweep into the same folder
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        markers = sorted((Path(config.hydra.sweep.dir) / FAILED_MARKERS).glob("*"), key=lambda p: int(p.name))
+        FAILED_JOBS.extend(marker.read_text().strip() for marker in markers)
 
 
 def main(argv: list[str] | None = None) -> None:

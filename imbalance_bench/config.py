@@ -206,12 +206,20 @@ class TrainerSchema:
     max_steps: Optional[int] = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
-    amp: bool = MISSING
-    amp_dtype: str = MISSING
     num_workers: int = MISSING
     eval_every: int = MISSING
     monitor: str = MISSING
     progress_bar: bool = MISSING
+    # speed switches: auto | true | false (Any, so that true/false stay booleans)
+    amp: Any = MISSING
+    amp_dtype: str = MISSING
+    data_on_device: Any = MISSING
+    channels_last: Any = MISSING
+    fused_optimizer: Any = MISSING
+    cuda_graphs: Any = MISSING
+    cudnn_benchmark: Any = MISSING
+    compile: Any = MISSING
+    sync_every: Any = MISSING
 
 
 def register_schemas() -> None:
@@ -336,6 +344,11 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.max_steps", _optional_positive_int, "null or an integer >= 1"),
     Rule("trainer.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     Rule("trainer.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    *(
+        Rule(f"trainer.{key}", lambda v: v == "auto" or isinstance(v, bool), "one of: auto, true, false")
+        for key in ("amp", "data_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark", "compile")
+    ),
+    Rule("trainer.sync_every", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
     Rule("trainer.amp_dtype", lambda v: v in ("bfloat16", "float16"), "one of: bfloat16, float16"),
     Rule("trainer.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("trainer.eval_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

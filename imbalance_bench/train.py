@@ -6,12 +6,13 @@ and the metrics, which read the label kind from the data bundle.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
 import sys
 import time
-from contextlib import nullcontext
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,14 @@ from tqdm.auto import tqdm
 
 from imbalance_bench.config import resolve_monitor, validate
 from imbalance_bench.data import DataBundle
-from imbalance_bench.data.images import make_loader
+from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
 from imbalance_bench.errors import ConfigError, ImbenchError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.report import format_summary
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
+from imbalance_bench.step import Precision, Switches, TrainStep, current_lr, to_memory_format
 
 log = logging.getLogger("imbench")
 
@@ -47,14 +49,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
 
     data = build_data(cfg, run_dir)
+    switches = resolve_switches(cfg, device, data)
     criterion, reweighting = build_loss(cfg, data, device)
-    model = build_model(cfg, data, criterion, device)
-    optimizer, scheduler = build_optimizer(cfg, model, criterion)
+    model = build_model(cfg, data, criterion, device, switches.channels_last)
+    optimizer, scheduler = build_optimizer(cfg, model, criterion, switches)
 
     started = time.perf_counter()
     history = History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind))
-    fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir, history)
-    metrics = summarize(cfg, data, history, device, time.perf_counter() - started)
+    fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history)
+    metrics = summarize(cfg, data, history, device, switches, time.perf_counter() - started)
 
     write_json(run_dir / "metrics.json", metrics)
     log.info("results in %s\n%s", run_dir, format_summary(metrics))
@@ -115,7 +118,18 @@ def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
     return data
 
 
-def build_model(cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss, device: torch.device) -> torch.nn.Module:
+def resolve_switches(cfg: DictConfig, device: torch.device, data: DataBundle) -> Switches:
+    """The `trainer.*` performance switches for this device and dataset (auto = on for CUDA)."""
+    switches = Switches.resolve(cfg.trainer, device, in_memory=isinstance(data.train, ImageSplit))
+    torch.backends.cudnn.benchmark = switches.cudnn_benchmark
+    on = [name for name, value in vars(switches).items() if value is True]
+    log.info("speed switches on %s: %s", device, ", ".join(on) or "none")
+    return switches
+
+
+def build_model(
+    cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss, device: torch.device, channels_last: bool = False
+) -> torch.nn.Module:
     """The backbone sized to the dataset, with the head the loss asks for, its bias set to the loss's prior."""
     model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
     if criterion.normalized_classifier:
@@ -123,7 +137,10 @@ def build_model(cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss
     init_classifier_bias(model, criterion, data.num_classes)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M parameters on %s", cfg.model.name, n_params / 1e6, device)
-    return model.to(device)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def build_loss(cfg: DictConfig, data: DataBundle, device: torch.device) -> tuple[ClassificationLoss, Reweighting]:
@@ -146,14 +163,22 @@ def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, 
             classifier_of(model).bias.fill_(bias)
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, criterion: ClassificationLoss):
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, criterion: ClassificationLoss, switches: Switches):
     """The optimiser over the model and any learnable loss parameter (DFL's gamma), the latter
-    without weight decay, which would pull it toward 0 rather than where the loss wants it."""
+    without weight decay, which would pull it toward 0 rather than where the loss wants it.
+    With `trainer.fused_optimizer` the update is one fused kernel (and capturable in a CUDA graph)."""
     groups = [{"params": list(model.parameters())}]
     loss_params = [p for p in criterion.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "weight_decay": 0.0})
-    optimizer = instantiate(cfg.optimizer)(params=groups)
+    factory = instantiate(cfg.optimizer)
+    options = inspect.signature(getattr(factory, "func", factory)).parameters
+    extra = {}
+    if switches.fused_optimizer and "fused" in options:
+        extra["fused"] = True
+    if switches.cuda_graphs and "capturable" in options:
+        extra["capturable"] = True  # Adam(W) keeps its step count on the device
+    optimizer = factory(params=groups, **extra)
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_epochs=cfg.trainer.epochs)
     return optimizer, scheduler
 
@@ -170,33 +195,44 @@ class History:
     best_value: float = -float("inf")
 
 
-def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, run_dir: Path, history: History) -> History:
+def fit(
+    cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches: Switches, run_dir: Path,
+    history: History,
+) -> History:
     """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each epoch."""
     trainer = cfg.trainer
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader, test_loader = build_loaders(cfg, data, device, switches)
     augment_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    loader = make_loader(
-        data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
-        generator=shuffle_gen, pin_memory=device.type == "cuda",
+    precision = Precision(device, switches.amp, trainer.amp_dtype)
+    compiled = torch.compile(model) if switches.compile else None
+    train_step = TrainStep(
+        model, criterion, optimizer, precision, switches.channels_last, switches.cuda_graphs, compiled_model=compiled
     )
-    precision = Precision(device, trainer.amp, trainer.amp_dtype)
     writer = tensorboard_writer(run_dir)
     (run_dir / "summary.csv").unlink(missing_ok=True)  # a re-run in the same folder starts over
     for epoch in range(trainer.epochs):
         weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
         weights = None if weights is None else weights.to(device)
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, history.steps, stop = train_one_epoch(
-            cfg, data, model, criterion, weights, loader, optimizer, precision, augment_gen, epoch, history.steps, device
+        lr = current_lr(optimizer)
+        started = time.perf_counter()
+        train_loss, steps, stop, images = train_one_epoch(
+            cfg, data, model, criterion, weights, train_loader, train_step, augment_gen, epoch, history.steps,
+            device, switches.sync_every,
         )
+        record = {"epoch": epoch + 1, "step": steps, "lr": lr, "train_loss": train_loss}
+        # train_one_epoch ends on a read-back of the losses, so the device has finished the epoch
+        record["train_s"] = round(time.perf_counter() - started, 4)
+        record["train_images"] = images
+        history.steps = steps
         scheduler.step()
-        record = {"epoch": epoch + 1, "step": history.steps, "lr": lr, "train_loss": train_loss}
         loss_state = criterion.end_epoch()
         if loss_state:
             record["loss_state"] = loss_state
         last = stop or epoch + 1 == trainer.epochs
         if (epoch + 1) % trainer.eval_every == 0 or last:
-            record.update(evaluate(cfg, data, model, criterion, device, precision))
+            started = time.perf_counter()
+            record.update(evaluate(cfg, data, model, criterion, test_loader, precision, switches.channels_last, compiled))
+            record["eval_s"] = round(time.perf_counter() - started, 4)
             value = record[history.monitor]
             if value is not None and value > history.best_value:
                 history.best_value, history.best_epoch = value, epoch + 1
@@ -223,30 +259,78 @@ def fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, 
     return history
 
 
+def build_loaders(cfg, data: DataBundle, device: torch.device, switches: Switches):
+    """Train (shuffled by `seed`) and test batches: from device-resident copies of an in-memory
+    dataset (`trainer.data_on_device`), else through a DataLoader; both give the same batches."""
+    trainer = cfg.trainer
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    if switches.data_on_device:
+        return (
+            DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, generator=shuffle_gen),
+            DeviceLoader(data.test, trainer.eval_batch_size, shuffle=False, device=device),
+        )
+    pin = device.type == "cuda"
+    return (
+        make_loader(data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
+                    generator=shuffle_gen, pin_memory=pin),
+        make_loader(data.test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
+                    pin_memory=pin),
+    )
+
+
 class TrainingDiverged(ImbenchError):
     """The loss became NaN or infinite."""
 
 
-class Precision:
-    """Autocast and (for float16) gradient scaling, both off unless `trainer.amp`."""
+class LossTracker:
+    """Step losses held on the device and read back to the host in groups of `sync_every`.
 
-    def __init__(self, device: torch.device, amp: bool, dtype: str):
-        self.device_type = device.type
-        self.enabled = bool(amp)
-        self.dtype = getattr(torch, dtype)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.enabled and self.dtype == torch.float16)
+    One read-back per group keeps a GPU from waiting on the host every step; the guard still
+    names the first step whose loss was not finite, and the running mean is the same sum in the
+    same order as a per-step read-back gives.
+    """
 
-    def autocast(self):
-        if not self.enabled:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+    def __init__(self, sync_every: int, epoch: int, lr: float):
+        self.sync_every, self.epoch, self.lr = sync_every, epoch, lr
+        self.pending: list[tuple[torch.Tensor, int, int]] = []
+        self.total, self.seen = 0.0, 0
+
+    def add(self, loss: torch.Tensor, batch_size: int, step: int) -> bool:
+        """Queue one step's loss; True when the group was read back (the mean is current)."""
+        self.pending.append((loss, batch_size, step))
+        if len(self.pending) < self.sync_every:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([loss for loss, _, _ in self.pending]).tolist()
+        for value, (_, batch_size, step) in zip(values, self.pending):
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged: loss is {value} at step {step} (epoch {self.epoch + 1}); "
+                    f"lower optimizer.lr (now {self.lr:g}) or use trainer.amp=false"
+                )
+            self.total += value * batch_size
+            self.seen += batch_size
+        self.pending.clear()
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.seen, 1)
 
 
-def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, precision, augment_gen, epoch, step, device):
-    """One pass over the train split; returns (mean loss, global step, whether max_steps was hit)."""
+def train_one_epoch(
+    cfg, data, model, criterion, weights, loader, train_step: TrainStep, augment_gen, epoch, step, device, sync_every
+):
+    """One pass over the train split; returns (mean loss, global step, whether max_steps was hit,
+    images trained on)."""
     model.train()
     criterion.train()
-    total, seen, stop = 0.0, 0, False
+    tracker = LossTracker(sync_every, epoch, current_lr(train_step.optimizer))
+    stop = False
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
         disable=not cfg.trainer.progress_bar, dynamic_ncols=True,
@@ -258,49 +342,50 @@ def train_one_epoch(cfg, data, model, criterion, weights, loader, optimizer, pre
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         inputs = data.transform(images, train=True, generator=augment_gen)
-        with precision.autocast():
-            logits = model(inputs)
-        loss = criterion(logits, targets, weights)
-        loss_value = loss.item()  # the one host sync per step, shared by the guard and the running mean
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"training diverged: loss is {loss_value} at step {step + 1} (epoch {epoch + 1}); "
-                f"lower optimizer.lr (now {optimizer.param_groups[0]['lr']:g}) or use trainer.amp=false"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
+        loss = train_step(inputs, targets, weights)
         step += 1
-        total += loss_value * len(images)
-        seen += len(images)
-        bar.set_postfix(loss=f"{total / seen:.4f}")
+        if tracker.add(loss, len(images), step):
+            bar.set_postfix(loss=f"{tracker.mean:.4f}", refresh=False)
         if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
             stop = True
             break
+    tracker.flush()
     bar.close()
-    return total / max(seen, 1), step, stop
+    return tracker.mean, step, stop, tracker.seen
 
 
 @torch.no_grad()
-def evaluate(cfg, data: DataBundle, model, criterion, device, precision) -> dict[str, Any]:
-    """Scores on the whole test split, then every metric of its label kind."""
+def evaluate(
+    cfg, data: DataBundle, model, criterion, loader, precision, channels_last: bool = False, compiled_model=None
+) -> dict[str, Any]:
+    """Scores on the whole test split, then every metric of its label kind.
+
+    With a torch.compile'd model a short last batch is padded with blank images to the batch
+    size (whose outputs are dropped), so one compiled shape serves the whole split: in eval mode
+    each image's output does not depend on the others in its batch."""
     model.eval()
     criterion.eval()
-    loader = make_loader(data.test, cfg.trainer.eval_batch_size, shuffle=False, num_workers=cfg.trainer.num_workers)
-    all_logits, all_targets, total = [], [], 0.0
+    device = next(model.parameters()).device
+    all_logits, all_targets, losses = [], [], []
     for images, targets in loader:
         if len(images) == 0:
             continue
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        inputs = to_memory_format(data.transform(images, train=False), channels_last)
+        count = len(inputs)
+        if compiled_model is not None and count < cfg.trainer.eval_batch_size:
+            blank = inputs.new_zeros((cfg.trainer.eval_batch_size - count, *inputs.shape[1:]))
+            inputs = to_memory_format(torch.cat([inputs, blank]), channels_last)
         with precision.autocast():
-            logits = model(data.transform(images, train=False)).float()
-        total += criterion(logits, targets).item() * len(images)
-        all_logits.append(logits.cpu())
-        all_targets.append(targets.cpu())
-    scores = np.nan_to_num(torch.cat(all_logits).numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
-    labels = torch.cat(all_targets).numpy()
+            logits = (model if compiled_model is None else compiled_model)(inputs)[:count].float()
+        losses.append(criterion(logits, targets).double() * len(images))
+        all_logits.append(logits)
+        all_targets.append(targets)
+    # one read-back for the whole split
+    scores = np.nan_to_num(torch.cat(all_logits).cpu().numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
+    labels = torch.cat(all_targets).cpu().numpy()
+    total = float(torch.stack(losses).sum()) if losses else 0.0
     groups = {"many_shot_above": cfg.metrics.many_shot_above, "few_shot_below": cfg.metrics.few_shot_below}
     if data.label_kind == "multi":
         result = multi_label_metrics(labels, scores, data.train_class_counts, threshold=cfg.metrics.threshold, **groups)
@@ -332,7 +417,7 @@ def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
 
 
 SUMMARY_COLUMNS = (
-    "epoch", "step", "lr", "train_loss", "test_loss", "top1", "top5", "map", "mean_f2", "macro_f1", "macro_f2",
+    "epoch", "step", "lr", "train_loss", "train_s", "train_images", "eval_s", "test_loss", "top1", "top5", "map", "mean_f2", "macro_f1", "macro_f2",
     "precision_at_1", "precision_at_5", "many_shot_top1", "medium_shot_top1", "few_shot_top1",
     "head_map", "medium_map", "tail_map",
 )
@@ -342,8 +427,9 @@ def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list
     """One row of `summary.csv` and the epoch's TensorBoard scalars: test metrics as `test/<key>`
     (per-class lists as `test/<key>/<class>`), the loss's own state as `loss/<key>[/<class>]`."""
     append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
-    names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr"}
-    metrics = {k: v for k, v in record.items() if k not in ("epoch", "step", "loss_state")}
+    names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr", "train_s": "time/train_s",
+             "eval_s": "time/eval_s"}
+    metrics = {k: v for k, v in record.items() if k not in ("epoch", "step", "loss_state", "train_images")}
     for prefix, values in (("test", metrics), ("loss", record.get("loss_state", {}))):
         for key, value in values.items():
             tag = names.get(key, f"{prefix}/{key}")
@@ -356,9 +442,23 @@ def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list
     writer.flush()
 
 
-def summarize(cfg: DictConfig, data: DataBundle, history: History, device, seconds: float) -> dict[str, Any]:
+TIMING_KEYS = ("train_s", "eval_s")
+
+
+def train_throughput(epochs: list[dict[str, Any]]) -> float | None:
+    """Train images per second of the training passes, leaving out the first epoch when there
+    are more (it holds cuDNN's autotuning and the CUDA-graph capture)."""
+    timed = epochs[1:] if len(epochs) > 1 else epochs
+    seconds = sum(r["train_s"] for r in timed)
+    return round(sum(r["train_images"] for r in timed) / seconds, 1) if seconds > 0 else None
+
+
+def summarize(
+    cfg: DictConfig, data: DataBundle, history: History, device, switches: Switches, seconds: float
+) -> dict[str, Any]:
     """The `metrics.json` record: the last and the best evaluated epoch, and what was run."""
-    evaluated = [r for r in history.epochs if history.monitor in r]
+    # timings stay in summary.csv: the result records hold only what a rerun reproduces
+    evaluated = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history.epochs if history.monitor in r]
     final = evaluated[-1]
     # a monitor that was never defined (None: e.g. no test positives at all) falls back to the last epoch
     best = next((r for r in evaluated if r["epoch"] == history.best_epoch), final)
@@ -372,6 +472,8 @@ def summarize(cfg: DictConfig, data: DataBundle, history: History, device, secon
         "label_kind": data.label_kind,
         "seed": cfg.seed,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "switches": dataclasses.asdict(switches),
         "monitor": history.monitor,
         "monitor_split": "test",
         "epochs_completed": history.epochs[-1]["epoch"],
@@ -381,4 +483,5 @@ def summarize(cfg: DictConfig, data: DataBundle, history: History, device, secon
         "final": final,
         "best": best,
         "train_time_s": round(seconds, 3),
+        "train_images_per_s": train_throughput(history.epochs),
     }

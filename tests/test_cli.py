@@ -97,6 +97,22 @@ def test_multirun_sweep(imbench, data_root, tmp_path):
     assert all((sweep / str(i) / "metrics.json").is_file() for i in range(2))
 
 
+def test_packed_sweep_runs_jobs_in_parallel_processes_and_reports_a_failed_one(imbench, data_root, tmp_path):
+    """hydra/launcher=pack: jobs run in joblib worker processes; a job that fails with a user
+    error is still reported by the launching process (exit 2, naming the job)."""
+    sweep = tmp_path / "sweep"
+    missing = tmp_path / "no_such_root"
+    proc = imbench("-m", "hydra/launcher=pack", "hydra.launcher.n_jobs=2", "dataset=cifar10_lt",
+                   f"dataset.root={data_root},{missing}", *SMOKE, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("imbench: error: 1 job(s) of the sweep failed") and f"#1 (dataset=cifar10_lt dataset.root={missing}" in last
+    assert "Traceback" not in proc.stderr
+    hydra_cfg = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra_cfg["launcher"]["n_jobs"] == 2 and "joblib" in hydra_cfg["launcher"]["_target_"]
+
+
 def test_real_mnist_learns(imbench, tmp_path):
     """The bundled real MNIST through the real idx reader, on a subset: well above chance (10 %)."""
     proc = imbench("dataset=mnist_lt", "dataset.imbalance_factor=10", "dataset.limit_train=3000",

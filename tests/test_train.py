@@ -1,5 +1,6 @@
 """The training loop in-process (imbalance_bench/train.py) and the main job."""
 
+import csv
 import json
 import math
 
@@ -19,6 +20,21 @@ def test_run_returns_what_it_writes(compose_cfg, data_root, tmp_path):
     assert metrics == json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["epochs_completed"] == 1
     assert metrics["loss"] == "focal" and metrics["reweight"] == "cb"
+
+
+def test_run_records_its_switches_and_throughput(compose_cfg, data_root, tmp_path):
+    cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=null",
+                       "trainer.epochs=2", "trainer.channels_last=true", "trainer.cuda_graphs=true"])
+    metrics = run(cfg, tmp_path)
+    assert metrics["switches"] == {"amp": False, "data_on_device": False, "channels_last": True,
+                                   "fused_optimizer": False, "cuda_graphs": False, "cudnn_benchmark": False,
+                                   "compile": False, "sync_every": 1}
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    train_s = [float(r["train_s"]) for r in rows]
+    train_total = json.loads((tmp_path / "dataset_stats.json").read_text())["train_total"]
+    assert [int(r["train_images"]) for r in rows] == [train_total] * 2 and all(t > 0 for t in train_s)
+    assert metrics["train_images_per_s"] == pytest.approx(int(rows[1]["train_images"]) / train_s[1], rel=0.01)
+    assert "train_s" not in metrics["final"] and metrics["device_name"] == "cpu"
 
 
 def test_sigmoid_heads_start_at_the_prior():

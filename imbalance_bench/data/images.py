@@ -56,9 +56,16 @@ class BatchTransform:
             images = random_crop(images, self.crop_padding, generator)
         if train and self.hflip:
             images = random_hflip(images, generator)
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean, std = self._moments(images.device)
         return (images.float().div_(255.0) - mean) / std
+
+    def _moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # made once per device: building them from lists every batch would copy (and, on a
+        # GPU, synchronise) twice per step
+        cache = self.__dict__.setdefault("_moment_cache", {})
+        if device not in cache:
+            cache[device] = tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return cache[device]
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,3 +114,40 @@ def make_loader(
         persistent_workers=num_workers > 0,
         generator=generator if num_workers > 0 else None,
     )
+
+
+class DeviceLoader:
+    """Batches of an in-memory split copied once to `device` (uint8 images stay uint8 there).
+
+    The same batches as `make_loader` with the same generator: one `randperm` per epoch drawn
+    on the host from `generator` (as RandomSampler draws it), the same trailing-singleton rule,
+    then each batch is an index into the device tensors, with no DataLoader and no host copy.
+    """
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        batch_size: int,
+        shuffle: bool,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ):
+        self.images = split.images.to(device)
+        self.targets = split.targets.to(device)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.generator = generator
+        n = len(self.images)
+        self.drop_last = shuffle and n > 1 and n % batch_size == 1
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.images)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.images.device, non_blocking=True)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.images.index_select(0, index), self.targets.index_select(0, index)

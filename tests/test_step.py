@@ -1,0 +1,207 @@
+"""The train step and its speed switches (imbalance_bench/step.py), the device loader, the loss read-back.
+
+The CUDA-graph tests run only where a GPU is visible (the CPU suite checks the fallbacks).
+"""
+
+import logging
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from imbalance_bench.data.images import BatchTransform, DeviceLoader, ImageSplit, make_loader
+from imbalance_bench.losses import create_loss
+from imbalance_bench.models import create_model
+from imbalance_bench.schedulers import warmup_multistep
+from imbalance_bench.step import Precision, Switches, TrainStep, current_lr, learning_rates_on_device
+from imbalance_bench.train import LossTracker, TrainingDiverged
+
+CPU = torch.device("cpu")
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def trainer_node(**changes):
+    node = {"amp": "auto", "amp_dtype": "bfloat16", "data_on_device": "auto", "channels_last": "auto",
+            "fused_optimizer": "auto", "cuda_graphs": "auto", "cudnn_benchmark": "auto", "compile": "auto",
+            "sync_every": "auto"}
+    return OmegaConf.create({**node, **changes})
+
+
+def test_auto_switches_are_off_on_the_cpu():
+    switches = Switches.resolve(trainer_node(), CPU, in_memory=True)
+    assert not any([switches.amp, switches.data_on_device, switches.channels_last, switches.fused_optimizer,
+                    switches.cuda_graphs, switches.cudnn_benchmark, switches.compile])
+    assert switches.sync_every == 1
+
+
+def test_cuda_only_switches_fall_back_on_the_cpu_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="imbench"):
+        switches = Switches.resolve(trainer_node(cuda_graphs=True, compile=True, fused_optimizer=True), CPU, True)
+    assert not switches.cuda_graphs and not switches.compile
+    assert switches.fused_optimizer  # fused SGD/AdamW exist on the CPU too
+    assert "need a CUDA device" in caplog.text
+
+
+def test_explicit_switches_and_sync_every_are_kept():
+    switches = Switches.resolve(trainer_node(amp=True, channels_last=True, sync_every=7), CPU, True)
+    assert switches.amp and switches.channels_last and switches.sync_every == 7
+
+
+def test_files_datasets_stay_on_the_host(caplog):
+    with caplog.at_level(logging.WARNING, logger="imbench"):
+        switches = Switches.resolve(trainer_node(data_on_device=True), CPU, in_memory=False)
+    assert not switches.data_on_device and "read from files" in caplog.text
+
+
+@pytest.mark.parametrize("size,batch", [(50, 16), (49, 16), (33, 16), (16, 16)])
+def test_device_loader_gives_the_dataloader_batches(size, batch):
+    g = torch.Generator().manual_seed(3)
+    split = ImageSplit(torch.randint(0, 256, (size, 1, 4, 4), dtype=torch.uint8, generator=g),
+                       torch.arange(size))
+    for shuffle in (True, False):
+        expected = list(make_loader(split, batch, shuffle, 0, generator=torch.Generator().manual_seed(5)))
+        got = list(DeviceLoader(split, batch, shuffle, CPU, generator=torch.Generator().manual_seed(5)))
+        assert len(got) == len(expected) == len(DeviceLoader(split, batch, shuffle, CPU))
+        for (images, targets), (want_images, want_targets) in zip(got, expected):
+            assert torch.equal(images, want_images) and torch.equal(targets, want_targets)
+    # 33 = 2 x 16 + 1 and 49 = 3 x 16 + 1: the trailing single image is dropped when shuffling
+    assert len(DeviceLoader(split, batch, True, CPU)) == (size // batch if size % batch == 1 else -(-size // batch))
+    assert len(DeviceLoader(split, batch, False, CPU)) == -(-size // batch)
+
+
+def test_device_loader_reshuffles_every_epoch():
+    split = ImageSplit(torch.zeros(64, 1, 2, 2, dtype=torch.uint8), torch.arange(64))
+    loader = DeviceLoader(split, 64, True, CPU, generator=torch.Generator().manual_seed(0))
+    first, second = (next(iter(loader))[1] for _ in range(2))
+    assert sorted(first.tolist()) == list(range(64)) and not torch.equal(first, second)
+
+
+def tiny_setup(seed=0, channels_last=False, amp=False, fused=False):
+    torch.manual_seed(seed)
+    model = create_model("resnet32", num_classes=10, in_chans=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, fused=fused or None)
+    step = TrainStep(model, create_loss("ce"), optimizer, Precision(CPU, amp, "bfloat16"), channels_last, False)
+    return model, optimizer, step
+
+
+def batches(n, seed=1, size=8):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
+
+
+def test_eager_step_is_the_textbook_step():
+    model, _, step = tiny_setup()
+    torch.manual_seed(0)
+    reference = create_model("resnet32", num_classes=10, in_chans=3)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    for inputs, labels in batches(3):
+        loss = step(inputs, labels, None)
+        want = torch.nn.functional.cross_entropy(reference(inputs), labels)
+        optimizer.zero_grad()
+        want.backward()
+        optimizer.step()
+        assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_switches_on_the_cpu_change_little():
+    """bf16 autocast, channels_last and fused SGD on the CPU: the same step within bf16 noise
+    (the parameter updates point the same way, the losses agree to 1 %)."""
+    plain, _, plain_step = tiny_setup()
+    start = [p.detach().clone() for p in plain.parameters()]
+    fast, _, fast_step = tiny_setup(channels_last=True, amp=True, fused=True)
+    fast.to(memory_format=torch.channels_last)
+    for inputs, labels in batches(2, size=32):
+        a, b = plain_step(inputs, labels, None), fast_step(inputs, labels, None)
+        assert b.item() == pytest.approx(a.item(), rel=0.01)
+    assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain_update = torch.cat([(p - s).flatten() for p, s in zip(plain.parameters(), start)])
+    fast_update = torch.cat([(p - s).flatten() for p, s in zip(fast.parameters(), start)])
+    assert not torch.equal(plain_update, fast_update)
+    assert torch.nn.functional.cosine_similarity(plain_update, fast_update, dim=0) > 0.98
+
+
+def test_tensor_learning_rate_follows_the_schedule():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = warmup_multistep(optimizer, total_epochs=10, warmup_epochs=2, milestones=[3], gamma=0.1)
+    learning_rates_on_device(optimizer)
+    lr_tensor = optimizer.param_groups[0]["lr"]
+    seen = []
+    for _ in range(5):
+        seen.append(current_lr(optimizer))
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.05, 0.1, 0.1, 0.01, 0.01])
+    assert optimizer.param_groups[0]["lr"] is lr_tensor  # filled in place: a captured graph sees it
+
+
+def test_loss_tracker_reads_back_in_groups_and_names_the_bad_step():
+    tracker = LossTracker(sync_every=3, epoch=0, lr=0.1)
+    values = [1.0, 2.0, 3.0, 4.0]
+    flushed = [tracker.add(torch.tensor(v), 2, step) for step, v in enumerate(values, start=1)]
+    assert flushed == [False, False, True, False] and tracker.seen == 6
+    tracker.flush()
+    assert tracker.mean == pytest.approx(sum(values) / 4)
+    tracker = LossTracker(sync_every=4, epoch=2, lr=0.5)
+    for step, v in enumerate([1.0, float("nan"), 2.0], start=11):
+        tracker.add(torch.tensor(v), 2, step)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 12 \(epoch 3\); lower optimizer.lr \(now 0.5\)"):
+        tracker.flush()
+
+
+def test_batch_transform_reuses_its_mean_and_std():
+    t = BatchTransform(mean=[0.5], std=[0.25])
+    images = torch.full((2, 1, 3, 3), 255, dtype=torch.uint8)
+    assert torch.allclose(t(images, train=False), torch.full((2, 1, 3, 3), 2.0))
+    first = t._moments(CPU)
+    t(images, train=False)
+    assert t._moments(CPU)[0] is first[0]
+
+
+# ---------------------------------------------------------------- CUDA only
+
+
+@cuda_only
+@pytest.mark.parametrize("amp", [False, True])
+def test_graph_replay_trains_like_the_eager_step(amp):
+    """Same seed, same batches: a captured-and-replayed step ends where the eager one does
+    (up to cuDNN's run-to-run differences), and the lr schedule reaches the graph."""
+    device = torch.device("cuda")
+    results = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = create_model("resnet32", num_classes=10, in_chans=3).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4, fused=True)
+        step = TrainStep(model, create_loss("ce"), optimizer, Precision(device, amp, "bfloat16"), False, graphs)
+        losses = []
+        for i, (inputs, labels) in enumerate(batches(8, size=32)):
+            if i == 6:
+                optimizer.param_groups[0]["lr"] = 0.01 if not graphs else optimizer.param_groups[0]["lr"].fill_(0.01)
+            losses.append(step(inputs.to(device), labels.to(device), None).item())
+        short = batches(1, seed=9, size=5)[0]  # a short last batch runs eagerly beside the graph
+        losses.append(step(short[0].to(device), short[1].to(device), None).item())
+        results.append((losses, [p.detach().float().cpu() for p in model.parameters()], step.graph is not None))
+    (eager_losses, eager_params, eager_graph), (graph_losses, graph_params, has_graph) = results
+    assert has_graph and not eager_graph
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2 if amp else 1e-3)
+    drift = max((p - q).abs().max().item() for p, q in zip(eager_params, graph_params))
+    assert drift < (5e-2 if amp else 1e-3)
+
+
+@cuda_only
+def test_weights_appearing_recapture_the_graph():
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = create_model("resnet32", num_classes=10, in_chans=3).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    step = TrainStep(model, create_loss("ce"), optimizer, Precision(device, False, "bfloat16"), False, True)
+    data = [(x.to(device), y.to(device)) for x, y in batches(6, size=16)]
+    for inputs, labels in data[:4]:
+        step(inputs, labels, None)
+    first = step.graph
+    weights = torch.linspace(0.5, 1.5, 10, device=device)
+    loss = step(*data[4], weights)
+    assert step.graph is not first and step.graph_key[-1] is False and math.isfinite(loss.item())
