@@ -214,6 +214,7 @@ class TrainerSchema:
     amp: Any = MISSING
     amp_dtype: str = MISSING
     data_on_device: Any = MISSING
+    decode_on_device: Any = MISSING
     channels_last: Any = MISSING
     fused_optimizer: Any = MISSING
     cuda_graphs: Any = MISSING
@@ -346,7 +347,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     *(
         Rule(f"trainer.{key}", lambda v: v == "auto" or isinstance(v, bool), "one of: auto, true, false")
-        for key in ("amp", "data_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark", "compile")
+        for key in ("amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs",
+                    "cudnn_benchmark", "compile")
     ),
     Rule("trainer.sync_every", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
     Rule("trainer.amp_dtype", lambda v: v in ("bfloat16", "float16"), "one of: bfloat16, float16"),

@@ -21,7 +21,10 @@ log = logging.getLogger("imbench")
 #: training steps on real batches, not a throw-away warm-up.
 GRAPH_WARMUP_STEPS = 3
 
-SWITCH_KEYS = ("amp", "data_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark", "compile")
+SWITCH_KEYS = (
+    "amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark",
+    "compile",
+)
 
 
 def resolve_switch(value, device: torch.device) -> bool:
@@ -35,6 +38,7 @@ class Switches:
 
     amp: bool
     data_on_device: bool
+    decode_on_device: bool
     channels_last: bool
     fused_optimizer: bool
     cuda_graphs: bool
@@ -49,6 +53,7 @@ class Switches:
         if on["data_on_device"] and not in_memory:
             log.warning("trainer.data_on_device=true: this dataset is read from files, so it stays on the host")
             on["data_on_device"] = False
+        on["decode_on_device"] = on["decode_on_device"] and not in_memory  # nothing to decode in memory
         if device.type != "cuda":
             on["data_on_device"] = False  # already where the model is
             if on["cuda_graphs"] or on["cudnn_benchmark"] or on["compile"]:

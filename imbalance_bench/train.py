@@ -6,13 +6,13 @@ and the metrics, which read the label kind from the data bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 import random
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from imbalance_bench.config import resolve_monitor, validate
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
+from imbalance_bench.data.jpeg_batch import batch_to_device
 from imbalance_bench.errors import ConfigError, ImbenchError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
@@ -264,6 +265,9 @@ def build_loaders(cfg, data: DataBundle, device: torch.device, switches: Switche
     dataset (`trainer.data_on_device`), else through a DataLoader; both give the same batches."""
     trainer = cfg.trainer
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    if switches.decode_on_device:
+        for split in (data.train, data.test):
+            split.decode_on(device)  # workers read bytes; batch_to_device decodes (COCO)
     if switches.data_on_device:
         return (
             DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, generator=shuffle_gen),
@@ -337,10 +341,9 @@ def train_one_epoch(
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     for images, targets in bar:
+        images, targets = batch_to_device(images, targets, device)
         if len(images) == 0:  # every image of the batch was unreadable and skipped (COCO, bad_images=skip)
             continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
         inputs = data.transform(images, train=True, generator=augment_gen)
         loss = train_step(inputs, targets, weights)
         step += 1
@@ -368,10 +371,9 @@ def evaluate(
     device = next(model.parameters()).device
     all_logits, all_targets, losses = [], [], []
     for images, targets in loader:
+        images, targets = batch_to_device(images, targets, device)
         if len(images) == 0:
             continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
         inputs = to_memory_format(data.transform(images, train=False), channels_last)
         count = len(inputs)
         if compiled_model is not None and count < cfg.trainer.eval_batch_size:

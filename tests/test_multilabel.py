@@ -140,6 +140,19 @@ def test_coco_truncated_jpeg_in_a_loader_worker(imbench, tmp_path):
     assert (tmp_path / "skip" / "metrics.json").is_file()
 
 
+def test_coco_decoded_in_the_main_process_trains_the_same(compose_cfg, coco_root, tmp_path):
+    """trainer.decode_on_device: workers read bytes and draw the boxes, the loop decodes the batch.
+    On the CPU the images are bit-identical to the worker-decoded path, so the runs are too."""
+    results = []
+    for decode in ("false", "true"):
+        cfg = compose_cfg(["dataset=coco", f"dataset.root={coco_root}", "dataset.image_size=32", *SMOKE,
+                           "trainer.num_workers=1", "trainer.max_steps=null", "trainer.batch_size=8",
+                           f"trainer.decode_on_device={decode}"])
+        results.append(run(cfg, tmp_path / decode))
+    assert results[1]["switches"]["decode_on_device"] and not results[0]["switches"]["decode_on_device"]
+    assert results[0]["final"] == results[1]["final"]
+
+
 def test_dfl_learnable_gamma_is_trained_logged_and_saved(compose_cfg, data_root, tmp_path):
     cfg = compose_cfg([*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=dfl", "loss.learnable=true",
                        "loss.gamma=2.0", *SMOKE, "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=32",

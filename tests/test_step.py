@@ -22,7 +22,8 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def trainer_node(**changes):
-    node = {"amp": "auto", "amp_dtype": "bfloat16", "data_on_device": "auto", "channels_last": "auto",
+    node = {"amp": "auto", "amp_dtype": "bfloat16", "data_on_device": "auto", "decode_on_device": "auto",
+            "channels_last": "auto",
             "fused_optimizer": "auto", "cuda_graphs": "auto", "cudnn_benchmark": "auto", "compile": "auto",
             "sync_every": "auto"}
     return OmegaConf.create({**node, **changes})
@@ -30,7 +31,8 @@ def trainer_node(**changes):
 
 def test_auto_switches_are_off_on_the_cpu():
     switches = Switches.resolve(trainer_node(), CPU, in_memory=True)
-    assert not any([switches.amp, switches.data_on_device, switches.channels_last, switches.fused_optimizer,
+    assert not any([switches.amp, switches.data_on_device, switches.decode_on_device, switches.channels_last,
+                    switches.fused_optimizer,
                     switches.cuda_graphs, switches.cudnn_benchmark, switches.compile])
     assert switches.sync_every == 1
 
@@ -164,35 +166,39 @@ def test_batch_transform_reuses_its_mean_and_std():
 # ---------------------------------------------------------------- CUDA only
 
 
+@pytest.fixture
+def exact_fp32():
+    """fp32 convolutions and matmuls without TF32, so that eager and replayed steps can be compared tightly."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @cuda_only
 @pytest.mark.parametrize("amp", [False, True])
-def test_graph_replay_trains_like_the_eager_step(amp):
-    """Same seed, same batches: a captured-and-replayed step ends where the eager one does
-    (up to cuDNN's run-to-run differences), and the lr schedule reaches the graph."""
+def test_graph_replay_trains_like_the_eager_step(amp, exact_fp32):
+    """Same seed, same batches: the first replayed step computes what the eager step does, and
+    later ones stay within what cuDNN's non-deterministic backward algorithms allow."""
     device = torch.device("cuda")
     results = []
     for graphs in (False, True):
         torch.manual_seed(0)
         model = create_model("resnet32", num_classes=10, in_chans=3).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4, fused=True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, fused=True)
         step = TrainStep(model, create_loss("ce"), optimizer, Precision(device, amp, "bfloat16"), False, graphs)
-        losses = []
-        for i, (inputs, labels) in enumerate(batches(8, size=32)):
-            if i == 6:
-                optimizer.param_groups[0]["lr"] = 0.01 if not graphs else optimizer.param_groups[0]["lr"].fill_(0.01)
-            losses.append(step(inputs.to(device), labels.to(device), None).item())
+        losses = [step(x.to(device), y.to(device), None).item() for x, y in batches(8, size=32)]
         short = batches(1, seed=9, size=5)[0]  # a short last batch runs eagerly beside the graph
         losses.append(step(short[0].to(device), short[1].to(device), None).item())
-        results.append((losses, [p.detach().float().cpu() for p in model.parameters()], step.graph is not None))
-    (eager_losses, eager_params, eager_graph), (graph_losses, graph_params, has_graph) = results
+        results.append((losses, step.graph is not None))
+    (eager_losses, eager_graph), (graph_losses, has_graph) = results
     assert has_graph and not eager_graph
-    assert graph_losses == pytest.approx(eager_losses, rel=2e-2 if amp else 1e-3)
-    drift = max((p - q).abs().max().item() for p, q in zip(eager_params, graph_params))
-    assert drift < (5e-2 if amp else 1e-3)
+    assert graph_losses[:4] == pytest.approx(eager_losses[:4], rel=1e-2 if amp else 1e-4)  # index 3: first replay
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
 
 
-@cuda_only
-def test_weights_appearing_recapture_the_graph():
+def captured_step():
+    """A ResNet-32 TrainStep on the GPU whose graph was captured: (model, optimizer, step, two more batches)."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = create_model("resnet32", num_classes=10, in_chans=3).to(device)
@@ -201,7 +207,27 @@ def test_weights_appearing_recapture_the_graph():
     data = [(x.to(device), y.to(device)) for x, y in batches(6, size=16)]
     for inputs, labels in data[:4]:
         step(inputs, labels, None)
+    assert step.graph is not None
+    return model, optimizer, step, data[4:]
+
+
+@cuda_only
+def test_the_learning_rate_reaches_the_captured_step():
+    """The scheduler fills the lr tensor in place: at lr 0 a replay leaves every weight as it was."""
+    model, optimizer, step, data = captured_step()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.param_groups[0]["lr"].fill_(0.0)
+    step(*data[0], None)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    optimizer.param_groups[0]["lr"].fill_(0.1)
+    step(*data[1], None)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@cuda_only
+def test_weights_appearing_recapture_the_graph():
+    _, _, step, data = captured_step()
     first = step.graph
-    weights = torch.linspace(0.5, 1.5, 10, device=device)
-    loss = step(*data[4], weights)
+    weights = torch.linspace(0.5, 1.5, 10, device="cuda")
+    loss = step(*data[0], weights)
     assert step.graph is not first and step.graph_key[-1] is False and math.isfinite(loss.item())

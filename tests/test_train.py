@@ -26,7 +26,7 @@ def test_run_records_its_switches_and_throughput(compose_cfg, data_root, tmp_pat
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=null",
                        "trainer.epochs=2", "trainer.channels_last=true", "trainer.cuda_graphs=true"])
     metrics = run(cfg, tmp_path)
-    assert metrics["switches"] == {"amp": False, "data_on_device": False, "channels_last": True,
+    assert metrics["switches"] == {"amp": False, "data_on_device": False, "decode_on_device": False, "channels_last": True,
                                    "fused_optimizer": False, "cuda_graphs": False, "cudnn_benchmark": False,
                                    "compile": False, "sync_every": 1}
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))

@@ -6,7 +6,8 @@ An image's label is the set of categories with at least one instance in
 annotation are skipped and counted. The files are read with plain `json`, so pycocotools is not
 needed. val2017 is the test split. A split holds only file paths and multi-hot targets. Its JPEGs
 are decoded a batch at a time inside the loader's workers, so the 19 GB of images never sit in
-memory.
+memory; or, after `CocoSplit.decode_on(device)`, the workers only read them and the main process
+decodes each batch on the device (imbalance_bench/data/jpeg_batch.py).
 
 Layout under `dataset.root` (from https://cocodataset.org/#download):
     annotations/instances_train2017.json   annotations/instances_val2017.json
@@ -18,11 +19,9 @@ in, and whichever images were skipped. Each split is ordered by ascending image 
 
 from __future__ import annotations
 
+import io
 import json
-import logging
 import math
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,15 +29,22 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2 import functional as TF
 
 from imbalance_bench.data.images import BatchTransform
+from imbalance_bench.data.jpeg_batch import (
+    Box,
+    EncodedBatch,
+    as_uint8,
+    check_complete,
+    crop_resize,
+    decode_rgb_bytes,
+    quiet_decoders,
+    read_encoded,
+    skip_or_raise,
+)
 from imbalance_bench.data.long_tail import DataBundle
 from imbalance_bench.data.profiles import long_tail_counts
 from imbalance_bench.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = {"train": "train2017", "test": "val2017"}
 ANNOTATION_FILES = {"train": "annotations/instances_train2017.json", "test": "annotations/instances_val2017.json"}
@@ -146,17 +152,22 @@ def read_instances(path: Path) -> CocoAnnotations:
     return parse_instances(path, read_json(path))
 
 
+def open_problem(exc: Exception) -> str:
+    """Why PIL could not open an image, from the exception it raised."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, UnidentifiedImageError):
+        return "unreadable image (not a JPEG or any other known image format)"
+    return f"unreadable image ({type(exc).__name__}: {exc})"
+
+
 def image_problem(path: Path) -> str | None:
     """Why `path` cannot be used as an image, from its header alone; None when it looks fine."""
     try:
         with Image.open(path) as image:
             image_format = image.format
-    except FileNotFoundError:
-        return "file not found"
-    except UnidentifiedImageError:
-        return "unreadable image (not a JPEG or any other known image format)"
     except Exception as exc:  # PIL raises many types on corrupt headers
-        return f"unreadable image ({type(exc).__name__}: {exc})"
+        return open_problem(exc)
     if image_format not in DECODABLE_FORMATS:
         return f"unreadable image ({image_format} is not one of {', '.join(DECODABLE_FORMATS)})"
     return None
@@ -264,18 +275,19 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-_TORCHVISION_LOCATION = re.compile(r"^\w+, \S+:\d+, ")  # "decode_jpeg, /path/decode_jpeg.cpp:171, ..."
-
-
 def decode_rgb(path: str) -> torch.Tensor:
     """uint8 (3, H, W) RGB image from a file; grayscale and CMYK JPEGs are converted."""
+    return decode_rgb_bytes(as_uint8(bytearray(read_encoded(path))), path)
+
+
+def encoded_size(raw: bytes, path: str) -> tuple[int, int]:
+    """(height, width) of an encoded image from its header, as decoding it gives them (no EXIF turn)."""
     try:
-        with open(path, "rb") as fh:
-            data = torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (OSError, RuntimeError) as exc:
-        reason = _TORCHVISION_LOCATION.sub("", str(exc)).replace("\n", " ")
-        raise DataError(f"{path}: unreadable image ({reason})") from None
+        with Image.open(io.BytesIO(raw)) as image:
+            width, height = image.size
+    except Exception as exc:  # PIL raises many types on corrupt headers
+        raise DataError(f"{path}: {open_problem(exc)}") from None
+    return height, width
 
 
 class CocoSplit(torch.utils.data.Dataset):
@@ -284,9 +296,13 @@ class CocoSplit(torch.utils.data.Dataset):
     Indexing takes a list of positions and returns (uint8 images (B, 3, S, S), targets (B, C)).
     Train: random resized crop to S x S. Test: the whole image resized to S x S. Both resizes
     are antialiased. Flip and normalisation are left to the BatchTransform. The split holds only
-    strings and a tensor, so it pickles into DataLoader workers. An image that fails to decode
+    strings and tensors, so it pickles into DataLoader workers. An image that fails to decode
     (the load-time check reads headers only) stops the run, or with `skip_unreadable` is left
     out of its batch, targets included, with a warning naming it.
+
+    After `decode_on(device)` a list of positions gives (EncodedBatch, targets) instead: the
+    workers only read the files and draw the crop boxes, and `batch_to_device` decodes the batch
+    on `device` in the main process.
     """
 
     def __init__(
@@ -306,6 +322,7 @@ class CocoSplit(torch.utils.data.Dataset):
         self.train = bool(train)
         self.scale = (float(scale[0]), float(scale[1]))
         self.skip_unreadable = bool(skip_unreadable)
+        self.decode_device: torch.device | None = None  # None: the workers decode
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -314,36 +331,68 @@ class CocoSplit(torch.utils.data.Dataset):
     def image_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
+    def decode_on(self, device: torch.device | str) -> None:
+        """Hand out encoded batches, to be decoded on `device` by the main process (see the class)."""
+        self.decode_device = torch.device(device)
+
+    def crop_box(self, height: int, width: int) -> Box | None:
+        """A random train crop of a height x width image, from the global torch RNG (seeded per
+        worker); None, the whole image, for test."""
+        return random_resized_crop_box(height, width, self.scale) if self.train else None
+
     def load(self, position: int) -> torch.Tensor:
         """One image at `position`, cropped (train) or resized (test) to uint8 (3, S, S)."""
         image = decode_rgb(self.paths[position])
-        size = [self.image_size, self.image_size]
-        if self.train:
-            top, left, h, w = random_resized_crop_box(image.shape[1], image.shape[2], self.scale)
-            return TF.resized_crop(image, top, left, h, w, size, antialias=True)
-        return TF.resize(image, size, antialias=True)
+        return crop_resize(image, self.crop_box(image.shape[1], image.shape[2]), self.image_size)
 
     def __getitem__(self, positions):
         if isinstance(positions, (int, np.integer)):
-            images, targets = self[[int(positions)]]
+            images, targets = self.decoded([int(positions)])
             return images[0], targets[0]
+        if self.decode_device is None:
+            return self.decoded(positions)
+        return self.encoded(positions)
+
+    def decoded(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (B, 3, S, S) and their targets, decoded here (in the worker)."""
         images, kept = [], []
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
-            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+        with quiet_decoders():
             for position in positions:
                 try:
                     images.append(self.load(int(position)))
                 except DataError as exc:
-                    if not self.skip_unreadable:
-                        raise
-                    log.warning("%s; skipped (dataset.bad_images=skip)", exc)
+                    skip_or_raise(exc, self.skip_unreadable)
                     continue
                 kept.append(int(position))
         index = torch.as_tensor(kept, dtype=torch.long)
         if not images:
             return torch.zeros((0, *self.image_shape), dtype=torch.uint8), self.targets[index]
         return torch.stack(images), self.targets[index]
+
+    def encoded(self, positions: Sequence[int]) -> tuple[EncodedBatch, torch.Tensor]:
+        """The files' bytes with their crop boxes, and the targets, for decoding elsewhere.
+
+        The boxes take the sizes from the JPEG headers and are drawn in the same order as by
+        `decoded`, so the same worker seed gives the same boxes. A file that cannot be read, whose
+        header cannot be, or that is cut short is handled here as `decoded` would. One whose body
+        is otherwise corrupt is only found when decoding, and (with skipping) has drawn its box.
+        """
+        encoded, paths, boxes, kept = [], [], [], []
+        for position in positions:
+            path = self.paths[int(position)]
+            try:
+                raw = read_encoded(path)
+                height, width = encoded_size(raw, path)
+                check_complete(raw, path)
+                boxes.append(self.crop_box(height, width))
+            except DataError as exc:
+                skip_or_raise(exc, self.skip_unreadable)
+                continue
+            encoded.append(raw)
+            paths.append(path)
+            kept.append(int(position))
+        batch = EncodedBatch(encoded, paths, boxes, self.image_size, self.skip_unreadable)
+        return batch, self.targets[torch.as_tensor(kept, dtype=torch.long)]
 
 
 def _check_options(image_size: int, imbalance_factor: float | None, bad_images: str, augment: dict, mean, std):
