@@ -210,6 +210,7 @@ class TrainerSchema:
     eval_every: int = MISSING
     monitor: str = MISSING
     progress_bar: bool = MISSING
+    resume: Any = MISSING  # auto | false | a checkpoint path
     # speed switches: auto | true | false (Any, so that true/false stay booleans)
     amp: Any = MISSING
     amp_dtype: str = MISSING
@@ -350,6 +351,8 @@ RULES: tuple[Rule, ...] = (
         for key in ("amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs",
                     "cudnn_benchmark", "compile")
     ),
+    Rule("trainer.resume", lambda v: v == "auto" or v is False or (isinstance(v, str) and v != ""),
+         "auto, false or the path of a checkpoint"),
     Rule("trainer.sync_every", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
     Rule("trainer.amp_dtype", lambda v: v in ("bfloat16", "float16"), "one of: bfloat16, float16"),
     Rule("trainer.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),

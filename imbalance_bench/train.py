@@ -24,6 +24,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from imbalance_bench.checkpoint import Generators, find_checkpoint, load_checkpoint, rng_state, set_rng_state
 from imbalance_bench.config import resolve_monitor, validate
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
@@ -45,6 +46,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate one configuration; write its results into `run_dir` and return them."""
     validate(cfg)
     run_dir = Path(run_dir)
+    checkpoint_path = find_checkpoint(cfg, run_dir)
+    checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
@@ -55,10 +58,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     model = build_model(cfg, data, criterion, device, switches.channels_last)
     optimizer, scheduler = build_optimizer(cfg, model, criterion, switches)
 
-    started = time.perf_counter()
     history = History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind))
-    fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history)
-    metrics = summarize(cfg, data, history, device, switches, time.perf_counter() - started)
+    fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history, checkpoint)
+    metrics = summarize(cfg, data, history, device, switches)
 
     write_json(run_dir / "metrics.json", metrics)
     log.info("results in %s\n%s", run_dir, format_summary(metrics))
@@ -194,30 +196,39 @@ class History:
     steps: int = 0
     best_epoch: int | None = None
     best_value: float = -float("inf")
+    seconds: float = 0.0  # wall time of the epochs so far, resumed runs included
+    finished: bool = False  # the last epoch, or trainer.max_steps, was reached
 
 
 def fit(
     cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches: Switches, run_dir: Path,
-    history: History,
+    history: History, checkpoint: dict[str, Any] | None = None,
 ) -> History:
-    """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each epoch."""
+    """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each
+    epoch; from `checkpoint`'s epoch on when resuming."""
     trainer = cfg.trainer
-    train_loader, test_loader = build_loaders(cfg, data, device, switches)
-    augment_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    generators = Generators.seeded(cfg.seed, device)
+    train_loader, test_loader = build_loaders(cfg, data, device, switches, generators.shuffle)
     precision = Precision(device, switches.amp, trainer.amp_dtype)
+    start_epoch = 0
+    if checkpoint is not None:
+        start_epoch = restore(checkpoint, model, optimizer, scheduler, precision.scaler, criterion, generators, history)
     compiled = torch.compile(model) if switches.compile else None
     train_step = TrainStep(
         model, criterion, optimizer, precision, switches.channels_last, switches.cuda_graphs, compiled_model=compiled
     )
-    writer = tensorboard_writer(run_dir)
-    (run_dir / "summary.csv").unlink(missing_ok=True)  # a re-run in the same folder starts over
-    for epoch in range(trainer.epochs):
+    writer = tensorboard_writer(run_dir, purge_step=start_epoch + 1 if checkpoint is not None else None)
+    rewrite_summary(run_dir, history.epochs)  # a resumed run keeps the rows of its checkpoint's epochs only
+    for epoch in range(start_epoch, trainer.epochs):
+        if history.finished:
+            break
+        epoch_started = time.perf_counter()
         weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
         weights = None if weights is None else weights.to(device)
         lr = current_lr(optimizer)
         started = time.perf_counter()
         train_loss, steps, stop, images = train_one_epoch(
-            cfg, data, model, criterion, weights, train_loader, train_step, augment_gen, epoch, history.steps,
+            cfg, data, model, criterion, weights, train_loader, train_step, generators.augment, epoch, history.steps,
             device, switches.sync_every,
         )
         record = {"epoch": epoch + 1, "step": steps, "lr": lr, "train_loss": train_loss}
@@ -237,9 +248,15 @@ def fit(
             value = record[history.monitor]
             if value is not None and value > history.best_value:
                 history.best_value, history.best_epoch = value, epoch + 1
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", {
+                    "epoch": epoch + 1, "monitor": history.monitor, "value": value, "model": model.state_dict(),
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                })
         history.epochs.append(record)
+        history.finished = last
         write_epoch(run_dir, writer, record, data.class_names)
         log.info("%s", format_epoch(record, trainer.epochs))
+        history.seconds += time.perf_counter() - epoch_started
         save_checkpoint(
             run_dir / "checkpoints" / "last.pt",
             {
@@ -250,21 +267,36 @@ def fit(
                 "scheduler": scheduler.state_dict(),
                 "scaler": precision.scaler.state_dict(),
                 "loss": criterion.state_dict(),  # DFL's learnable gamma, PLM's ratios and histograms
+                "rng": rng_state(generators),
+                "history": dataclasses.asdict(history),
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
         )
         if stop:
             log.info("stopping at step %d (trainer.max_steps)", history.steps)
-            break
     writer.close()
     return history
 
 
-def build_loaders(cfg, data: DataBundle, device: torch.device, switches: Switches):
-    """Train (shuffled by `seed`) and test batches: from device-resident copies of an in-memory
+def restore(checkpoint, model, optimizer, scheduler, scaler, criterion, generators: Generators, history: History) -> int:
+    """Load a `last.pt` into the run's objects; returns the epoch it was written after."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    criterion.load_state_dict(checkpoint["loss"])
+    for key, value in checkpoint["history"].items():
+        setattr(history, key, value)
+    set_rng_state(checkpoint["rng"], generators)
+    log.info("resuming after epoch %d (step %d)%s", checkpoint["epoch"], checkpoint["step"],
+             "; the run had already finished" if history.finished else "")
+    return int(checkpoint["epoch"])
+
+
+def build_loaders(cfg, data: DataBundle, device: torch.device, switches: Switches, shuffle_gen: torch.Generator):
+    """Train (shuffled by `shuffle_gen`) and test batches: from device-resident copies of an in-memory
     dataset (`trainer.data_on_device`), else through a DataLoader; both give the same batches."""
     trainer = cfg.trainer
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     if switches.decode_on_device:
         for split in (data.train, data.test):
             split.decode_on(device)  # workers read bytes; batch_to_device decodes (COCO)
@@ -401,10 +433,19 @@ def evaluate(
 # ------------------------------------------------------------------ write
 
 
-def tensorboard_writer(run_dir: Path):
+def tensorboard_writer(run_dir: Path, purge_step: int | None = None):
+    """The run's TensorBoard writer; `purge_step` drops events of later epochs (left by a run that
+    was killed after writing them but before its checkpoint)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def rewrite_summary(run_dir: Path, epochs: list[dict[str, Any]]) -> None:
+    """summary.csv holding exactly the rows of `epochs` (none for a new run)."""
+    (run_dir / "summary.csv").unlink(missing_ok=True)
+    for record in epochs:
+        append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
 
 
 def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
@@ -455,9 +496,7 @@ def train_throughput(epochs: list[dict[str, Any]]) -> float | None:
     return round(sum(r["train_images"] for r in timed) / seconds, 1) if seconds > 0 else None
 
 
-def summarize(
-    cfg: DictConfig, data: DataBundle, history: History, device, switches: Switches, seconds: float
-) -> dict[str, Any]:
+def summarize(cfg: DictConfig, data: DataBundle, history: History, device, switches: Switches) -> dict[str, Any]:
     """The `metrics.json` record: the last and the best evaluated epoch, and what was run."""
     # timings stay in summary.csv: the result records hold only what a rerun reproduces
     evaluated = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history.epochs if history.monitor in r]
@@ -484,6 +523,6 @@ def summarize(
         "best_epoch": best["epoch"],
         "final": final,
         "best": best,
-        "train_time_s": round(seconds, 3),
+        "train_time_s": round(history.seconds, 3),
         "train_images_per_s": train_throughput(history.epochs),
     }

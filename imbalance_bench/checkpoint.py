@@ -1,0 +1,109 @@
+"""Checkpoints: what one holds, where a run finds its own, and resuming from one exactly.
+
+A checkpoint holds everything the rest of a run depends on: the model, optimiser, scheduler,
+gradient scaler and loss state, every random-number generator (Python, NumPy, torch on the CPU
+and CUDA, and the run's own shuffle and augmentation generators), the epoch records so far and
+the config. A run restored from the checkpoint of epoch k therefore continues exactly as the
+uninterrupted run continued after epoch k (on the CPU; on CUDA up to cuDNN's non-determinism).
+Randomness inside DataLoader workers (COCO's crops) is the exception: workers are re-seeded.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imbalance_bench.errors import ConfigError, DataError
+
+#: keys that may differ between the run that wrote a checkpoint and the one resuming from it
+RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers")
+
+
+@dataclass
+class Generators:
+    """The run's own random streams: the order of the train batches (on the host) and the
+    crops and flips (on the training device)."""
+
+    shuffle: torch.Generator
+    augment: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> "Generators":
+        return cls(torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed))
+
+
+def rng_state(generators: Generators) -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "shuffle": generators.shuffle.get_state(),
+        "augment": generators.augment.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], generators: Generators) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generators.shuffle.set_state(state["shuffle"])
+    generators.augment.set_state(state["augment"])
+
+
+def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `trainer.resume=auto` takes the run directory's own
+    `checkpoints/last.pt` when there is one, a path takes that file, false starts over."""
+    choice = cfg.trainer.resume
+    if choice is False:
+        return None
+    if choice == "auto":
+        path = Path(run_dir) / "checkpoints" / "last.pt"
+        return path if path.is_file() else None
+    path = Path(str(choice)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={choice} is not allowed: file not found (use auto, false or a checkpoint path)")
+    return path
+
+
+def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
+    """Read a checkpoint and check that it was written by this run's config."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or not a checkpoint at all
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it or set trainer.resume=false") from None
+    if not isinstance(checkpoint, dict) or "rng" not in checkpoint or "history" not in checkpoint:
+        raise DataError(f"{path}: not an imbench checkpoint that can be resumed; delete it or set trainer.resume=false")
+    differing = config_differences(checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
+    if differing:
+        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        raise ConfigError(
+            f"trainer.resume: {path} was written by another config (differs in {shown}); "
+            "use another run directory or trainer.resume=false"
+        )
+    return checkpoint
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ, leaving out those in RESUME_MAY_DIFFER."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    keys = sorted(set(flat_saved) | set(flat_current))
+    return [k for k in keys if k not in RESUME_MAY_DIFFER and flat_saved.get(k) != flat_current.get(k)]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
