@@ -11,6 +11,8 @@ Randomness inside DataLoader workers (COCO's crops) is the exception: workers ar
 from __future__ import annotations
 
 import random
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,56 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in node.items():
         out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
+
+
+@dataclass
+class EpochPosition:
+    """Where an epoch stopped early (SIGTERM / SIGINT): enough to continue it exactly."""
+
+    epoch: int  # 0-based epoch in progress
+    batches_done: int
+    shuffle_state: torch.Tensor  # the shuffle generator at the epoch's start: it redraws the same order
+    loss_total: float  # the epoch's running loss sum and count so far
+    loss_seen: int
+
+
+#: exit code of a run stopped by SIGTERM / SIGINT after writing its checkpoint (EX_TEMPFAIL: try again)
+EXIT_INTERRUPTED = 75
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGTERM / SIGINT after its checkpoint was written; the message says how to go on."""
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT (what SLURM sends before pre-emption, and Ctrl-C) into a request
+    that the loop reads after each step; a second signal stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""

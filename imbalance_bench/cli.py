@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
+from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
 from imbalance_bench.config import CONFIG_GROUPS, check_label_kind, validate
 from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, print_user_error, user_message
 
@@ -43,6 +44,9 @@ def hydra_app(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         metrics = run(cfg, hydra_cfg.runtime.output_dir)
+    except Interrupted as exc:  # SIGTERM / SIGINT: the whole command stops, sweep included
+        print_user_error("imbench", str(exc))
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except ImbenchError as exc:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             fail(user_message(exc))

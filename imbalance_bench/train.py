@@ -24,7 +24,16 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from imbalance_bench.checkpoint import Generators, find_checkpoint, load_checkpoint, rng_state, set_rng_state
+from imbalance_bench.checkpoint import (
+    EpochPosition,
+    Generators,
+    Interrupted,
+    StopRequest,
+    find_checkpoint,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from imbalance_bench.config import resolve_monitor, validate
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
@@ -59,7 +68,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     optimizer, scheduler = build_optimizer(cfg, model, criterion, switches)
 
     history = History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind))
-    fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history, checkpoint)
+    try:
+        fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history, checkpoint)
+    except TrainingDiverged as exc:
+        # the checkpoints hold the last good epoch (the diverged one never reaches them)
+        write_json(run_dir / "metrics.json", summarize(cfg, data, history, device, switches, error=str(exc)))
+        raise
     metrics = summarize(cfg, data, history, device, switches)
 
     write_json(run_dir / "metrics.json", metrics)
@@ -210,70 +224,90 @@ def fit(
     generators = Generators.seeded(cfg.seed, device)
     train_loader, test_loader = build_loaders(cfg, data, device, switches, generators.shuffle)
     precision = Precision(device, switches.amp, trainer.amp_dtype)
-    start_epoch = 0
+    start_epoch, position = 0, None
     if checkpoint is not None:
         start_epoch = restore(checkpoint, model, optimizer, scheduler, precision.scaler, criterion, generators, history)
+        if checkpoint.get("position") is not None:  # stopped inside that epoch: redraw its batch order
+            position = EpochPosition(**checkpoint["position"])
+            generators.shuffle.set_state(position.shuffle_state)
     compiled = torch.compile(model) if switches.compile else None
     train_step = TrainStep(
         model, criterion, optimizer, precision, switches.channels_last, switches.cuda_graphs, compiled_model=compiled
     )
     writer = tensorboard_writer(run_dir, purge_step=start_epoch + 1 if checkpoint is not None else None)
     rewrite_summary(run_dir, history.epochs)  # a resumed run keeps the rows of its checkpoint's epochs only
-    for epoch in range(start_epoch, trainer.epochs):
-        if history.finished:
-            break
-        epoch_started = time.perf_counter()
-        weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
-        weights = None if weights is None else weights.to(device)
-        lr = current_lr(optimizer)
-        started = time.perf_counter()
-        train_loss, steps, stop, images = train_one_epoch(
-            cfg, data, model, criterion, weights, train_loader, train_step, generators.augment, epoch, history.steps,
-            device, switches.sync_every,
-        )
-        record = {"epoch": epoch + 1, "step": steps, "lr": lr, "train_loss": train_loss}
-        # train_one_epoch ends on a read-back of the losses, so the device has finished the epoch
-        record["train_s"] = round(time.perf_counter() - started, 4)
-        record["train_images"] = images
-        history.steps = steps
-        scheduler.step()
-        loss_state = criterion.end_epoch()
-        if loss_state:
-            record["loss_state"] = loss_state
-        last = stop or epoch + 1 == trainer.epochs
-        if (epoch + 1) % trainer.eval_every == 0 or last:
-            started = time.perf_counter()
-            record.update(evaluate(cfg, data, model, criterion, test_loader, precision, switches.channels_last, compiled))
-            record["eval_s"] = round(time.perf_counter() - started, 4)
-            value = record[history.monitor]
-            if value is not None and value > history.best_value:
-                history.best_value, history.best_epoch = value, epoch + 1
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", {
-                    "epoch": epoch + 1, "monitor": history.monitor, "value": value, "model": model.state_dict(),
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                })
-        history.epochs.append(record)
-        history.finished = last
-        write_epoch(run_dir, writer, record, data.class_names)
-        log.info("%s", format_epoch(record, trainer.epochs))
-        history.seconds += time.perf_counter() - epoch_started
-        save_checkpoint(
-            run_dir / "checkpoints" / "last.pt",
-            {
-                "epoch": epoch + 1,
-                "step": history.steps,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": precision.scaler.state_dict(),
-                "loss": criterion.state_dict(),  # DFL's learnable gamma, PLM's ratios and histograms
-                "rng": rng_state(generators),
-                "history": dataclasses.asdict(history),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            },
-        )
-        if stop:
-            log.info("stopping at step %d (trainer.max_steps)", history.steps)
+
+    def save_last(epoch_done: int, position: EpochPosition | None = None) -> Path:
+        path = run_dir / "checkpoints" / "last.pt"
+        save_checkpoint(path, {
+            "epoch": epoch_done,
+            "step": history.steps,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": precision.scaler.state_dict(),
+            "loss": criterion.state_dict(),  # DFL's learnable gamma, PLM's ratios and histograms
+            "rng": rng_state(generators),
+            "history": dataclasses.asdict(history),
+            "position": None if position is None else dataclasses.asdict(position),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        })
+        return path
+
+    with StopRequest() as stop_request:
+        for epoch in range(start_epoch, trainer.epochs):
+            if history.finished:
+                break
+            epoch_started = time.perf_counter()
+            resume_at = position if position is not None and position.epoch == epoch else None
+            shuffle_state = resume_at.shuffle_state if resume_at else generators.shuffle.get_state()
+            weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
+            weights = None if weights is None else weights.to(device)
+            lr = current_lr(optimizer)
+            result = train_one_epoch(
+                cfg, data, model, criterion, weights, train_loader, train_step, generators.augment, epoch,
+                history.steps, device, switches.sync_every, resume_at, stop_request,
+            )
+            history.steps = result.step
+            if result.interrupted:
+                history.seconds += time.perf_counter() - epoch_started
+                path = save_last(epoch, EpochPosition(epoch, result.batches_done, shuffle_state, result.loss_total,
+                                                      result.images))
+                raise Interrupted(
+                    f"stopped by {stop_request.name} after step {result.step} (epoch {epoch + 1}); "
+                    f"checkpoint {path}; run the same command again to resume"
+                )
+            record = {"epoch": epoch + 1, "step": result.step, "lr": lr, "train_loss": result.mean_loss}
+            # train_one_epoch ends on a read-back of the losses, so the device has finished the epoch
+            record["train_s"] = round(time.perf_counter() - epoch_started, 4)
+            record["train_images"] = result.images
+            scheduler.step()
+            loss_state = criterion.end_epoch()
+            if loss_state:
+                record["loss_state"] = loss_state
+            last = result.stop or epoch + 1 == trainer.epochs
+            if (epoch + 1) % trainer.eval_every == 0 or last:
+                started = time.perf_counter()
+                record.update(evaluate(cfg, data, model, criterion, test_loader, precision, switches.channels_last, compiled))
+                record["eval_s"] = round(time.perf_counter() - started, 4)
+                value = record[history.monitor]
+                if value is not None and value > history.best_value:
+                    history.best_value, history.best_epoch = value, epoch + 1
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt", {
+                        "epoch": epoch + 1, "monitor": history.monitor, "value": value, "model": model.state_dict(),
+                        "config": OmegaConf.to_container(cfg, resolve=True),
+                    })
+            history.epochs.append(record)
+            history.finished = last
+            write_epoch(run_dir, writer, record, data.class_names)
+            log.info("%s", format_epoch(record, trainer.epochs))
+            history.seconds += time.perf_counter() - epoch_started
+            path = save_last(epoch + 1)
+            if result.stop:
+                log.info("stopping at step %d (trainer.max_steps)", history.steps)
+            if stop_request.requested and not last:
+                raise Interrupted(f"stopped by {stop_request.name} after epoch {epoch + 1}; checkpoint {path}; "
+                                  "run the same command again to resume")
     writer.close()
     return history
 
@@ -358,21 +392,40 @@ class LossTracker:
         return self.total / max(self.seen, 1)
 
 
+@dataclass
+class EpochResult:
+    mean_loss: float
+    step: int  # the global step after the epoch
+    stop: bool  # trainer.max_steps was reached
+    images: int  # images trained on in this epoch (a resumed epoch counts its first part too)
+    loss_total: float  # sum of batch loss x batch size, for the running mean
+    batches_done: int  # loader batches consumed, skipped ones included
+    interrupted: bool  # a stop was requested (SIGTERM / SIGINT) before the epoch ended
+
+
 def train_one_epoch(
-    cfg, data, model, criterion, weights, loader, train_step: TrainStep, augment_gen, epoch, step, device, sync_every
-):
-    """One pass over the train split; returns (mean loss, global step, whether max_steps was hit,
-    images trained on)."""
+    cfg, data, model, criterion, weights, loader, train_step: TrainStep, augment_gen, epoch, step, device, sync_every,
+    resume_at: EpochPosition | None = None, stop_request: StopRequest | None = None,
+) -> EpochResult:
+    """One pass over the train split, or the rest of it after `resume_at`; stops early, after the
+    current step, when `stop_request` is set."""
     model.train()
     criterion.train()
     tracker = LossTracker(sync_every, epoch, current_lr(train_step.optimizer))
-    stop = False
+    skip = 0
+    if resume_at is not None:
+        skip, tracker.total, tracker.seen = resume_at.batches_done, resume_at.loss_total, resume_at.loss_seen
+    stop = interrupted = False
+    done = 0
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
         disable=not cfg.trainer.progress_bar, dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     for images, targets in bar:
+        done += 1
+        if done <= skip:  # trained before the interruption; drawn again only to keep the order
+            continue
         images, targets = batch_to_device(images, targets, device)
         if len(images) == 0:  # every image of the batch was unreadable and skipped (COCO, bad_images=skip)
             continue
@@ -384,9 +437,12 @@ def train_one_epoch(
         if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
             stop = True
             break
+        if stop_request is not None and stop_request.requested and done < len(loader):
+            interrupted = True
+            break
     tracker.flush()
     bar.close()
-    return tracker.mean, step, stop, tracker.seen
+    return EpochResult(tracker.mean, step, stop, tracker.seen, tracker.total, done, interrupted)
 
 
 @torch.no_grad()
@@ -496,16 +552,20 @@ def train_throughput(epochs: list[dict[str, Any]]) -> float | None:
     return round(sum(r["train_images"] for r in timed) / seconds, 1) if seconds > 0 else None
 
 
-def summarize(cfg: DictConfig, data: DataBundle, history: History, device, switches: Switches) -> dict[str, Any]:
-    """The `metrics.json` record: the last and the best evaluated epoch, and what was run."""
+def summarize(
+    cfg: DictConfig, data: DataBundle, history: History, device, switches: Switches, error: str | None = None
+) -> dict[str, Any]:
+    """The `metrics.json` record: the last and the best evaluated epoch, and what was run; with
+    `error` (a diverged run) the status says so and the records are those of its good epochs."""
     # timings stay in summary.csv: the result records hold only what a rerun reproduces
     evaluated = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history.epochs if history.monitor in r]
-    final = evaluated[-1]
+    final = evaluated[-1] if evaluated else None
     # a monitor that was never defined (None: e.g. no test positives at all) falls back to the last epoch
     best = next((r for r in evaluated if r["epoch"] == history.best_epoch), final)
     return {
         "schema_version": METRICS_SCHEMA_VERSION,
-        "status": "completed",
+        "status": "completed" if error is None else "diverged",
+        **({} if error is None else {"error": error}),
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "loss": cfg.loss.name,
@@ -517,10 +577,10 @@ def summarize(cfg: DictConfig, data: DataBundle, history: History, device, switc
         "switches": dataclasses.asdict(switches),
         "monitor": history.monitor,
         "monitor_split": "test",
-        "epochs_completed": history.epochs[-1]["epoch"],
+        "epochs_completed": history.epochs[-1]["epoch"] if history.epochs else 0,
         "steps": history.steps,
-        "final_epoch": final["epoch"],
-        "best_epoch": best["epoch"],
+        "final_epoch": final and final["epoch"],
+        "best_epoch": best and best["epoch"],
         "final": final,
         "best": best,
         "train_time_s": round(history.seconds, 3),

@@ -205,7 +205,10 @@ def test_divergence_is_one_line(imbench, data_root, tmp_path):
                    "reweight=none", *SMOKE, "trainer.max_steps=5", f"hydra.run.dir={tmp_path / 'nan'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
     assert "training diverged: loss is nan" in proc.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "nan" / "metrics.json").exists()
+    metrics = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["error"].startswith("training diverged: loss is nan at step ")
+    assert metrics["error"] in proc.stderr
+    assert metrics["epochs_completed"] == 0 and metrics["final"] is None
 
 
 def test_cuda_requested_without_gpu(imbench, data_root):

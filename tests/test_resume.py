@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
+from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
 from imbalance_bench.errors import ConfigError, DataError
-from imbalance_bench.train import run
+from imbalance_bench.train import TrainingDiverged, run
 
 TIMING = ("train_time_s", "train_images_per_s")
 
@@ -97,3 +98,72 @@ def test_bad_checkpoints_are_refused_before_any_data_and_left_alone(compose_cfg,
     with pytest.raises(DataError, match=f"^{last}: not a readable checkpoint"):
         run(compose_cfg([*SMALL, f"dataset.root={tmp_path / 'no_data_here'}"]), tmp_path)  # data is never read
     assert last.read_bytes() == cut and (tmp_path / "metrics.json").read_bytes() == metrics
+
+
+def test_divergence_keeps_the_last_good_checkpoints_and_records_its_status(compose_cfg, data_root, tmp_path,
+                                                                          monkeypatch):
+    """A NaN loss at step 8 (epoch 2): the run stops naming the step, metrics.json says "diverged"
+    with the good epoch's records, and last.pt / best.pt stay those of epoch 1."""
+    import imbalance_bench.step as step_module
+
+    original, calls = step_module.TrainStep.__call__, []
+
+    def poisoned(self, inputs, targets, weights):
+        calls.append(len(inputs))
+        loss = original(self, inputs, targets, weights)
+        return loss * float("nan") if len(calls) == 8 else loss
+
+    monkeypatch.setattr(step_module.TrainStep, "__call__", poisoned)
+    cfg = compose_cfg([*SMALL, f"dataset.root={data_root}", "trainer.epochs=2", "trainer.batch_size=64"])
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: loss is nan at step 8 \(epoch 2\)"):
+        run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and "step 8 (epoch 2)" in metrics["error"]
+    assert metrics["epochs_completed"] == 1 and metrics["final"]["epoch"] == 1 and metrics["steps"] == 4
+    for name in ("last.pt", "best.pt"):
+        assert torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=False)["epoch"] == 1
+
+
+def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results(compose_cfg, data_root, tmp_path,
+                                                                                monkeypatch):
+    """SIGTERM during step 6 (epoch 2 of 3): the step finishes, last.pt records the position inside
+    the epoch, and the resumed run ends exactly where an uninterrupted one does."""
+    import imbalance_bench.step as step_module
+
+    overrides = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=3", "trainer.batch_size=64"]
+    whole = run(compose_cfg(overrides), tmp_path / "whole")
+    original, calls = step_module.TrainStep.__call__, []
+
+    def signalled(self, inputs, targets, weights):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, inputs, targets, weights)
+
+    monkeypatch.setattr(step_module.TrainStep, "__call__", signalled)
+    with pytest.raises(Interrupted, match=r"^stopped by SIGTERM after step 6 \(epoch 2\); checkpoint .*last\.pt"):
+        run(compose_cfg(overrides), tmp_path / "stopped")
+    monkeypatch.setattr(step_module.TrainStep, "__call__", original)
+    checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 6 and checkpoint["position"]["batches_done"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run put the default handler back
+    resumed = run(compose_cfg(overrides), tmp_path / "stopped")
+    strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}  # noqa: E731
+    assert strip(resumed) == strip(whole)
+
+
+def test_sigterm_exits_with_its_own_code_and_one_line(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(command(data_root, run_dir), cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in stderr, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("imbench: error: stopped by SIGTERM after ")
+    assert last_line.endswith(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; run the same command again to resume")
+    assert not (run_dir / "metrics.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["epoch"] >= 1
