@@ -280,6 +280,13 @@ MULTI_LABEL_METRICS = ("map", "mean_f2", "macro_f1", "macro_f2", "precision_at_1
 MONITOR_CHOICES = ("auto",) + SINGLE_LABEL_METRICS + tuple(m for m in MULTI_LABEL_METRICS if m not in SINGLE_LABEL_METRICS)
 
 
+#: the trainer's speed switches, each auto | true | false (imbalance_bench/step.py resolves them)
+SWITCH_KEYS = (
+    "amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark",
+    "compile",
+)
+
+
 def _dfl_rules(prefix: str) -> tuple[Rule, ...]:
     return (
         Rule(f"{prefix}.alpha", lambda v: _num(v) and v >= 0, "a number >= 0"),
@@ -348,8 +355,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     *(
         Rule(f"trainer.{key}", lambda v: v == "auto" or isinstance(v, bool), "one of: auto, true, false")
-        for key in ("amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs",
-                    "cudnn_benchmark", "compile")
+        for key in SWITCH_KEYS
     ),
     Rule("trainer.resume", lambda v: v == "auto" or v is False or (isinstance(v, str) and v != ""),
          "auto, false or the path of a checkpoint"),

@@ -6,7 +6,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, fbeta_score, recall_score, top_k_accuracy_score
+from sklearn.metrics import average_precision_score, fbeta_score, recall_score
 
 
 def mean_fbeta(y_true: np.ndarray, y_pred: np.ndarray, beta: float = 2.0) -> float:

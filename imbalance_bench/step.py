@@ -14,18 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from imbalance_bench.config import SWITCH_KEYS
+
 log = logging.getLogger("imbench")
 
 #: eager steps run before the graph is captured: they build the optimiser's momentum buffers
 #: and let cuDNN pick its algorithms, so that capture records steady-state work. They are real
 #: training steps on real batches, not a throw-away warm-up.
 GRAPH_WARMUP_STEPS = 3
-
-SWITCH_KEYS = (
-    "amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark",
-    "compile",
-)
-
 
 def resolve_switch(value, device: torch.device) -> bool:
     """A `trainer.*` switch (validated as auto, true or false): auto is on for CUDA only."""
@@ -125,10 +121,8 @@ class TrainStep:
         inputs = to_memory_format(inputs, self.channels_last)
         if self.main_shape is None:
             self.main_shape = tuple(inputs.shape)
-        if not self.cuda_graphs:
-            return self.eager(inputs, targets, weights)
-        if tuple(inputs.shape) != self.main_shape:
-            return self.eager(inputs, targets, weights)  # a short last batch: not worth its own graph
+        if not self.cuda_graphs or tuple(inputs.shape) != self.main_shape:
+            return self.eager(inputs, targets, weights)  # a short last batch is not worth its own graph
         key = (tuple(targets.shape), targets.dtype, weights is None)
         if self.graph is not None and key == self.graph_key:
             return self.replay(inputs, targets, weights)
@@ -196,11 +190,12 @@ def learning_rates_on_device(optimizer: torch.optim.Optimizer) -> None:
     """Hold each group's lr in a 0-d tensor on the parameters' device. LR schedulers fill such a
     tensor in place, so a step captured in a CUDA graph reads the current rate at replay."""
     for group in optimizer.param_groups:
-        lr = group["lr"]
-        value = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-        group["lr"] = torch.tensor(value, dtype=torch.float32, device=group["params"][0].device)
+        group["lr"] = torch.tensor(_as_float(group["lr"]), dtype=torch.float32, device=group["params"][0].device)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    lr = optimizer.param_groups[0]["lr"]
+    return _as_float(optimizer.param_groups[0]["lr"])
+
+
+def _as_float(lr: float | torch.Tensor) -> float:
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)

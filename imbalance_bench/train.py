@@ -236,6 +236,7 @@ def fit(
     )
     writer = tensorboard_writer(run_dir, purge_step=start_epoch + 1 if checkpoint is not None else None)
     rewrite_summary(run_dir, history.epochs)  # a resumed run keeps the rows of its checkpoint's epochs only
+    resolved_config = OmegaConf.to_container(cfg, resolve=True)
 
     def save_last(epoch_done: int, position: EpochPosition | None = None) -> Path:
         path = run_dir / "checkpoints" / "last.pt"
@@ -250,9 +251,13 @@ def fit(
             "rng": rng_state(generators),
             "history": dataclasses.asdict(history),
             "position": None if position is None else dataclasses.asdict(position),
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": resolved_config,
         })
         return path
+
+    def interrupted(where: str, path: Path) -> Interrupted:
+        return Interrupted(f"stopped by {stop_request.name} after {where}; checkpoint {path}; "
+                           "run the same command again to resume")
 
     with StopRequest() as stop_request:
         for epoch in range(start_epoch, trainer.epochs):
@@ -273,10 +278,7 @@ def fit(
                 history.seconds += time.perf_counter() - epoch_started
                 path = save_last(epoch, EpochPosition(epoch, result.batches_done, shuffle_state, result.loss_total,
                                                       result.images))
-                raise Interrupted(
-                    f"stopped by {stop_request.name} after step {result.step} (epoch {epoch + 1}); "
-                    f"checkpoint {path}; run the same command again to resume"
-                )
+                raise interrupted(f"step {result.step} (epoch {epoch + 1})", path)
             record = {"epoch": epoch + 1, "step": result.step, "lr": lr, "train_loss": result.mean_loss}
             # train_one_epoch ends on a read-back of the losses, so the device has finished the epoch
             record["train_s"] = round(time.perf_counter() - epoch_started, 4)
@@ -295,7 +297,7 @@ def fit(
                     history.best_value, history.best_epoch = value, epoch + 1
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", {
                         "epoch": epoch + 1, "monitor": history.monitor, "value": value, "model": model.state_dict(),
-                        "config": OmegaConf.to_container(cfg, resolve=True),
+                        "config": resolved_config,
                     })
             history.epochs.append(record)
             history.finished = last
@@ -306,8 +308,7 @@ def fit(
             if result.stop:
                 log.info("stopping at step %d (trainer.max_steps)", history.steps)
             if stop_request.requested and not last:
-                raise Interrupted(f"stopped by {stop_request.name} after epoch {epoch + 1}; checkpoint {path}; "
-                                  "run the same command again to resume")
+                raise interrupted(f"epoch {epoch + 1}", path)
     writer.close()
     return history
 
@@ -394,13 +395,16 @@ class LossTracker:
 
 @dataclass
 class EpochResult:
-    mean_loss: float
     step: int  # the global step after the epoch
     stop: bool  # trainer.max_steps was reached
     images: int  # images trained on in this epoch (a resumed epoch counts its first part too)
     loss_total: float  # sum of batch loss x batch size, for the running mean
     batches_done: int  # loader batches consumed, skipped ones included
     interrupted: bool  # a stop was requested (SIGTERM / SIGINT) before the epoch ended
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_total / max(self.images, 1)
 
 
 def train_one_epoch(
@@ -442,7 +446,7 @@ def train_one_epoch(
             break
     tracker.flush()
     bar.close()
-    return EpochResult(tracker.mean, step, stop, tracker.seen, tracker.total, done, interrupted)
+    return EpochResult(step, stop, tracker.seen, tracker.total, done, interrupted)
 
 
 @torch.no_grad()
