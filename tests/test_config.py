@@ -85,6 +85,8 @@ def test_command_line_group_choice_beats_the_preset(compose_cfg):
         ("trainer.data_on_device=on", "trainer.data_on_device"),
         ("trainer.sync_every=0", "trainer.sync_every"),
         ("trainer.sync_every=true", "trainer.sync_every"),
+        ("trainer.resume=true", "trainer.resume"),
+        ("trainer.resume=''", "trainer.resume"),
         ("metrics.many_shot_above=-1", "metrics.many_shot_above"),
         ("metrics.few_shot_below=-1", "metrics.few_shot_below"),
     ],
