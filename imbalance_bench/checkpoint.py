@@ -87,9 +87,8 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
         raise DataError(f"{path}: not an imbench checkpoint that can be resumed; delete it or set trainer.resume=false")
     differing = config_differences(checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
     if differing:
-        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
         raise ConfigError(
-            f"trainer.resume: {path} was written by another config (differs in {shown}); "
+            f"trainer.resume: {path} was written by another config (differs in {shown_keys(differing)}); "
             "use another run directory or trainer.resume=false"
         )
     return checkpoint
@@ -100,6 +99,11 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     flat_saved, flat_current = _flatten(saved), _flatten(current)
     keys = sorted(set(flat_saved) | set(flat_current))
     return [k for k in keys if k not in RESUME_MAY_DIFFER and flat_saved.get(k) != flat_current.get(k)]
+
+
+def shown_keys(keys: list[str], limit: int = 5) -> str:
+    """The first `limit` keys, comma-separated, and how many more there are."""
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

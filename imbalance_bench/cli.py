@@ -3,14 +3,20 @@
 Before Hydra runs, every job of the command (each point of a multirun sweep) is composed and
 validated, so a typo fails at once with one line that names the key and what is allowed,
 instead of a Hydra error block or a traceback half-way through a sweep. A job of a sweep that
-stops on a user error at run time (a missing dataset file, unavailable weights) prints its one line
-and the sweep goes on; the command then exits 2 naming the failed jobs.
+fails at run time (a missing dataset file, unavailable weights, a crash) prints its one line and
+the sweep goes on; the command then exits 2 naming the failed jobs.
+
+Re-running a sweep into the same folder (`hydra.sweep.dir=DIR`) skips the jobs whose metrics.json
+is complete and resumes the others from their last checkpoint; the sweep ends with one line
+counting the jobs trained, resumed, already complete and failed, and writes DIR/sweep.json.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -22,13 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
 from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
-from imbalance_bench.config import CONFIG_GROUPS, check_label_kind, validate
+from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
 from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, print_user_error, user_message
+from imbalance_bench.runfiles import write_json
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("imbench")
-FAILED_JOBS: list[str] = []  # jobs of the current multirun that stopped on a user error
-FAILED_MARKERS = ".failed_jobs"  # <sweep dir>/.failed_jobs/<job num>: one line per failed job
+FAILED_JOBS: list[str] = []  # jobs of the current multirun that failed
+JOB_RECORDS = ".jobs"  # <sweep dir>/.jobs/<job num>.json: what each job of the current sweep did
+SWEEP_SUMMARY = "sweep.json"  # <sweep dir>/sweep.json: every job's outcome, written when the sweep ends
+OUTCOMES = ("trained", "resumed", "complete", "failed")  # the order of the summary line
 
 
 def fail(message: str) -> None:
@@ -38,41 +47,72 @@ def fail(message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_app(cfg: DictConfig) -> float:
-    """The Hydra task: run one job and return the monitored metric (for Hydra sweepers)."""
-    from imbalance_bench.train import run
+    """The Hydra task: run one job and return the monitored metric (for Hydra sweepers).
+
+    In a sweep a job that fails (a user error, or a crash whose traceback goes to the job's
+    traceback.txt) does not stop the others; each job leaves a record that SweepReport sums up."""
+    from imbalance_bench.train import run_job
 
     hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        metrics = run(cfg, hydra_cfg.runtime.output_dir)
+        result = run_job(cfg, output_dir)
     except Interrupted as exc:  # SIGTERM / SIGINT: the whole command stops, sweep included
         print_user_error("imbench", str(exc))
         raise SystemExit(EXIT_INTERRUPTED) from None
     except ImbenchError as exc:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not sweeping:
             fail(user_message(exc))
-        # In a sweep the other jobs still run; main() reports the failed ones and exits non-zero.
-        # Jobs may run in other processes (hydra/launcher=pack), so the record is a file.
-        overrides = " ".join(hydra_cfg.overrides.task)
-        markers = Path(hydra_cfg.sweep.dir) / FAILED_MARKERS
-        markers.mkdir(parents=True, exist_ok=True)
-        (markers / str(hydra_cfg.job.num)).write_text(f"#{hydra_cfg.job.num} ({overrides})\n")
-        print_user_error("imbench", f"job #{hydra_cfg.job.num}: {user_message(exc)}")
-        return float("nan")
-    value = metrics["final"][metrics["monitor"]]
+        return job_failed(hydra_cfg, user_message(exc))
+    except Exception as exc:
+        if not sweeping:
+            raise  # a crash of a single run: the traceback is the report
+        trace = output_dir / "traceback.txt"
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.write_text(traceback.format_exc())
+        return job_failed(hydra_cfg, f"crashed with {type(exc).__name__}: {_first_line(exc)} (traceback in {trace})")
+    if sweeping:
+        record_job(hydra_cfg, result.outcome)
+    value = result.metrics["final"][result.metrics["monitor"]]
     return float("nan") if value is None else float(value)
 
 
-class SweepFailures(Callback):
-    """Collects, in the launching process, the jobs of a multirun that stopped on a user error
-    (conf/config.yaml registers it under hydra.callbacks)."""
+def record_job(hydra_cfg, outcome: str, message: str | None = None) -> None:
+    """Leave this job's record for SweepReport; jobs may run in other processes (hydra/launcher=pack),
+    so the record is a file."""
+    records = Path(hydra_cfg.sweep.dir) / JOB_RECORDS
+    records.mkdir(parents=True, exist_ok=True)
+    record = {"job": int(hydra_cfg.job.num), "overrides": " ".join(hydra_cfg.overrides.task),
+              "dir": hydra_cfg.runtime.output_dir, "outcome": outcome, "error": message}
+    (records / f"{hydra_cfg.job.num}.json").write_text(json.dumps(record) + "\n")
+
+
+def job_failed(hydra_cfg, message: str) -> float:
+    print_user_error("imbench", f"job #{hydra_cfg.job.num}: {message}")
+    record_job(hydra_cfg, "failed", message)
+    return float("nan")
+
+
+class SweepReport(Callback):
+    """At the end of a multirun, in the launching process: one line counting the jobs that were
+    trained, resumed, found complete (skipped) and failed, and `sweep.json` with every job's
+    outcome (conf/config.yaml registers it under hydra.callbacks). Failed jobs make the command exit 2."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        for marker in (Path(config.hydra.sweep.dir) / FAILED_MARKERS).glob("*"):
-            marker.unlink()  # left by an earlier sweep into the same folder
+        for record in (Path(config.hydra.sweep.dir) / JOB_RECORDS).glob("*.json"):
+            record.unlink()  # left by an earlier run of a sweep into the same folder
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        markers = sorted((Path(config.hydra.sweep.dir) / FAILED_MARKERS).glob("*"), key=lambda p: int(p.name))
-        FAILED_JOBS.extend(marker.read_text().strip() for marker in markers)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        paths = sorted((sweep_dir / JOB_RECORDS).glob("*.json"), key=lambda p: int(p.stem))
+        jobs = [json.loads(path.read_text()) for path in paths]
+        counts = {outcome: sum(job["outcome"] == outcome for job in jobs) for outcome in OUTCOMES}
+        write_json(sweep_dir / SWEEP_SUMMARY, {"jobs": jobs, "counts": counts})
+        labels = {"complete": "already complete (skipped)"}
+        log.info("sweep %s: %d job(s): %s", sweep_dir, len(jobs),
+                 ", ".join(f"{n} {labels.get(outcome, outcome)}" for outcome, n in counts.items()))
+        FAILED_JOBS.extend(f"#{job['job']} ({job['overrides']})" for job in jobs if job["outcome"] == "failed")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,9 +148,10 @@ def preflight(argv: list[str]) -> list[list[str]]:
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for overrides in jobs:
             check_group_options(overrides)
+            check_added_keys(overrides)
             cfg = compose_job(overrides)
             validate(cfg)
-            check_dataset_label_kind(cfg)
+            check_combinations(cfg)
     return jobs
 
 
@@ -136,15 +177,6 @@ def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def check_dataset_label_kind(cfg: DictConfig) -> None:
-    """trainer.monitor and the loss must suit the dataset's label kind (known before any data is read)."""
-    from imbalance_bench.data import dataset_label_kind
-
-    label_kind = dataset_label_kind(str(cfg.dataset.get("name", "")))
-    if label_kind is not None:
-        check_label_kind(cfg, label_kind)
-
-
 def check_group_options(overrides: list[str]) -> None:
     """Each group choice (`loss=focal`, `experiment='cui2019_table2/softmax'`) names an existing option;
     values are read as Hydra parses them, quotes and spaces included."""
@@ -158,6 +190,18 @@ def check_group_options(overrides: list[str]) -> None:
         options = group_options(loader, key)
         if value not in options:
             raise ConfigError(f"{key}={value} is not allowed: unknown option; choose one of: {', '.join(options)}")
+
+
+def check_added_keys(overrides: list[str]) -> None:
+    """`+key=value` and `++key=value` add a key that the typed schemas do not know: Hydra lets them
+    through, so each is composed as a plain `key=value`, which names the unknown key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and o.key_or_group not in CONFIG_GROUPS
+             and not o.key_or_group.startswith("hydra.")]
+    if added:
+        compose_job([o.input_line.lstrip("+") if o in added else o.input_line for o in parsed])
 
 
 def group_options(loader, group: str) -> list[str]:

@@ -94,6 +94,7 @@ class ModelSchema:
     _target_: str = MISSING
     name: str = MISSING
     pretrained: bool = MISSING
+    max_image_size: Optional[int] = MISSING
 
 
 # ---------------------------------------------------------------- loss and re-weighting
@@ -222,6 +223,7 @@ class TrainerSchema:
     cudnn_benchmark: Any = MISSING
     compile: Any = MISSING
     sync_every: Any = MISSING
+    deterministic: bool = MISSING
 
 
 def register_schemas() -> None:
@@ -319,6 +321,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dataset.num_train", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     Rule("dataset.num_test", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     Rule("dataset.image_size", lambda v: _is_int(v) and v >= 16, "an integer >= 16"),
+    Rule("model.max_image_size", _optional_positive_int, "null or an integer >= 1"),
     Rule("dataset.bad_images", lambda v: v in ("error", "skip"), "one of: error, skip"),
     Rule("loss.gamma", lambda v: _num(v) and v >= 0, "a number >= 0"),
     *_dfl_rules("loss"),
@@ -442,19 +445,47 @@ def resolve_monitor(monitor: str, label_kind: str) -> str:
     return monitor
 
 
+def check_combinations(cfg: DictConfig) -> None:
+    """Choices that must suit each other, checked from the config alone (before any data is read):
+    the loss and the monitor against the dataset's label kind, the model against its image size."""
+    from imbalance_bench.data import dataset_image_size, dataset_label_kind
+
+    label_kind = dataset_label_kind(str(cfg.dataset.get("name", "")))
+    if label_kind is not None:
+        check_label_kind(cfg, label_kind)
+    image_size = dataset_image_size(cfg.dataset)
+    if image_size is not None:
+        check_model_input(cfg, image_size)
+
+
 def check_label_kind(cfg: DictConfig, label_kind: str) -> None:
-    """Keys that depend on the dataset's label kind: the monitor, and no softmax loss on multi-label data."""
+    """Keys that depend on the dataset's label kind: the monitor, and a loss made for that kind
+    (no softmax loss on multi-label data, no label masking on single-label data)."""
+    from imbalance_bench.losses import losses_for
+
     resolve_monitor(cfg.trainer.monitor, label_kind)
-    if label_kind != "multi":
-        return
-    dataset = cfg.dataset.name
-    if cfg.loss.name in ("ce", "ldam", "balanced_softmax"):
+    dataset, loss = cfg.dataset.name, cfg.loss.name
+    allowed = losses_for(label_kind)
+    if loss not in allowed and loss in losses_for("single") + losses_for("multi"):
         raise ConfigError(
-            f"loss={cfg.loss.name} is not allowed with dataset={dataset} (multi-label): use one of asl, bce, focal, dfl, plm"
+            f"loss={loss} is not allowed with dataset={dataset} ({label_kind}-label): use one of {', '.join(allowed)}"
         )
-    if cfg.loss.get("softmax") is True:
+    if label_kind == "multi" and cfg.loss.get("softmax") is True:
         raise ConfigError(
             f"loss.softmax=true is not allowed with dataset={dataset} (multi-label): softmax needs one label per image"
+        )
+
+
+def check_model_input(cfg: DictConfig, image_size: int) -> None:
+    """A network sized for small images (`model.max_image_size`, e.g. the CIFAR ResNet-32, which
+    never downsamples in its stem) is refused on larger ones, where it would cost (size/32)^2 times
+    its CIFAR compute per image; `model.max_image_size=null` allows it."""
+    limit = cfg.model.get("max_image_size")
+    if limit is not None and image_size > limit:
+        raise ConfigError(
+            f"model={cfg.model.name} is not allowed with dataset={cfg.dataset.name} at {image_size} px: "
+            f"model.max_image_size is {limit}; use a model for large images (resnet50, resnet101, seresnext101) "
+            "or set model.max_image_size=null to allow it"
         )
 
 

@@ -9,6 +9,7 @@ Every switch is a `trainer.*` key; `auto` turns it on for CUDA and off on the CP
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class Switches:
     cudnn_benchmark: bool
     compile: bool
     sync_every: int
+    deterministic: bool = False
 
     @classmethod
     def resolve(cls, trainer, device: torch.device, in_memory: bool) -> "Switches":
@@ -62,10 +64,29 @@ class Switches:
         if on["cuda_graphs"] and not on["fused_optimizer"]:
             log.warning("trainer.cuda_graphs: off with trainer.fused_optimizer=false (the graph needs the fused step)")
             on["cuda_graphs"] = False
+        deterministic = bool(trainer.deterministic)
+        if deterministic and on["cudnn_benchmark"]:
+            if trainer.cudnn_benchmark is True:
+                log.warning("trainer.cudnn_benchmark: off with trainer.deterministic=true (autotuning picks kernels by timing)")
+            on["cudnn_benchmark"] = False
         sync_every = trainer.sync_every
         if sync_every == "auto":
             sync_every = 50 if device.type == "cuda" else 1
-        return cls(sync_every=int(sync_every), **on)
+        return cls(sync_every=int(sync_every), deterministic=deterministic, **on)
+
+    def apply(self) -> None:
+        """Set the process-wide backend flags these switches stand for (each run sets all of them,
+        so one run's choice never leaks into the next run of the same process).
+
+        Deterministic mode (PyTorch's reproducibility notes): deterministic algorithms only, cuDNN
+        without autotuning, and cuBLAS with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when
+        cuBLAS starts, so set before the model's first matmul). An op with no deterministic CUDA
+        kernel warns instead of stopping the run."""
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.deterministic = self.deterministic
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 class Precision:

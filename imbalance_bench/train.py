@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import random
@@ -29,12 +30,14 @@ from imbalance_bench.checkpoint import (
     Generators,
     Interrupted,
     StopRequest,
+    config_differences,
     find_checkpoint,
     load_checkpoint,
     rng_state,
     set_rng_state,
+    shown_keys,
 )
-from imbalance_bench.config import resolve_monitor, validate
+from imbalance_bench.config import check_combinations, resolve_monitor, validate
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
 from imbalance_bench.data.jpeg_batch import batch_to_device
@@ -51,10 +54,32 @@ log = logging.getLogger("imbench")
 METRICS_SCHEMA_VERSION = 1
 
 
+@dataclass
+class JobResult:
+    """What one call of `run_job` did, and the run's metrics.json record."""
+
+    outcome: str  # "trained" (from scratch), "resumed" (from a checkpoint) or "complete" (already done: nothing run)
+    metrics: dict[str, Any]
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate one configuration; write its results into `run_dir` and return them."""
+    return run_job(cfg, run_dir).metrics
+
+
+def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
+    """`run`, saying whether the run was trained, resumed or found complete already.
+
+    A run directory whose metrics.json holds a completed run of this config is left as it is
+    (re-running a sweep skips its finished jobs); one with a checkpoint continues from it."""
     validate(cfg)
+    check_combinations(cfg)
     run_dir = Path(run_dir)
+    resolved_config = OmegaConf.to_container(cfg, resolve=True)
+    done = completed_metrics(run_dir, resolved_config, cfg.trainer.resume)
+    if done is not None:
+        log.info("%s: already complete (metrics.json of this config); nothing to run\n%s", run_dir, format_summary(done))
+        return JobResult("complete", done)
     checkpoint_path = find_checkpoint(cfg, run_dir)
     checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +103,29 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     write_json(run_dir / "metrics.json", metrics)
     log.info("results in %s\n%s", run_dir, format_summary(metrics))
+    return JobResult("trained" if checkpoint is None else "resumed", metrics)
+
+
+def completed_metrics(run_dir: Path, resolved_config: dict[str, Any], resume) -> dict[str, Any] | None:
+    """The metrics.json record of `run_dir` when it holds a completed run of this config (and
+    `trainer.resume` is not false); a completed run of another config is refused, so that it is
+    never overwritten by accident."""
+    path = run_dir / "metrics.json"
+    if resume is False or not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable; the run starts again and rewrites it", path)
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "completed" or "config" not in metrics:
+        return None  # diverged, or written before metrics.json held its config: the checkpoint decides
+    differing = config_differences(metrics["config"], resolved_config)
+    if differing:
+        raise ConfigError(
+            f"{path} holds a completed run of another config (differs in {shown_keys(differing)}); "
+            "use another run directory, or trainer.resume=false to train this one over it"
+        )
     return metrics
 
 
@@ -138,7 +186,7 @@ def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
 def resolve_switches(cfg: DictConfig, device: torch.device, data: DataBundle) -> Switches:
     """The `trainer.*` performance switches for this device and dataset (auto = on for CUDA)."""
     switches = Switches.resolve(cfg.trainer, device, in_memory=isinstance(data.train, ImageSplit))
-    torch.backends.cudnn.benchmark = switches.cudnn_benchmark
+    switches.apply()
     on = [name for name, value in vars(switches).items() if value is True]
     log.info("speed switches on %s: %s", device, ", ".join(on) or "none")
     return switches
@@ -589,4 +637,5 @@ def summarize(
         "best": best,
         "train_time_s": round(history.seconds, 3),
         "train_images_per_s": train_throughput(history.epochs),
+        "config": OmegaConf.to_container(cfg, resolve=True),  # what a rerun compares before it skips this run
     }

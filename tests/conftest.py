@@ -53,14 +53,20 @@ def random_batch(num_samples: int, num_classes: int, positive_rate: float, seed:
     return logits, labels, multi_hot, weights
 
 
-def run_imbench(args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m imbalance_bench ARGS` in `cwd` (offline: no hub look-ups)."""
+IMBENCH = [sys.executable, "-m", "imbalance_bench"]
+
+
+def imbench_environment() -> dict[str, str]:
+    """The environment of a CLI run in a test: offline (no hub look-ups), unbuffered, no data root."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("IMBENCH_DATA_ROOT", None)
-    return subprocess.run(
-        [sys.executable, "-m", "imbalance_bench", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    return env
+
+
+def run_imbench(args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m imbalance_bench ARGS` in `cwd`."""
+    return subprocess.run([*IMBENCH, *args], cwd=cwd, env=imbench_environment(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture

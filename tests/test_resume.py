@@ -76,7 +76,7 @@ def test_a_finished_run_is_not_trained_again(compose_cfg, data_root, tmp_path, c
     before = run(cfg, tmp_path)
     with caplog.at_level(logging.INFO, logger="imbench"):
         again = run(cfg, tmp_path)
-    assert "the run had already finished" in caplog.text
+    assert "already complete" in caplog.text
     assert again == before == json.loads((tmp_path / "metrics.json").read_text())
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="imbench"):
@@ -86,18 +86,18 @@ def test_a_finished_run_is_not_trained_again(compose_cfg, data_root, tmp_path, c
 
 def test_bad_checkpoints_are_refused_before_any_data_and_left_alone(compose_cfg, data_root, tmp_path):
     run(compose_cfg([*SMALL, f"dataset.root={data_root}"]), tmp_path)
+    (tmp_path / "metrics.json").unlink()  # as a run killed after its last checkpoint leaves it
     last = tmp_path / "checkpoints" / "last.pt"
     with pytest.raises(ConfigError, match=f"^trainer.resume: {last} was written by another config \\(differs in loss"):
         run(compose_cfg([*SMALL, f"dataset.root={data_root}", "loss=ce", "reweight=none"]), tmp_path)
     missing = tmp_path / "nope.pt"
     with pytest.raises(ConfigError, match=f"^trainer.resume={missing} is not allowed: file not found"):
         run(compose_cfg([*SMALL, f"dataset.root={data_root}", f"trainer.resume={missing}"]), tmp_path)
-    metrics = (tmp_path / "metrics.json").read_bytes()
     cut = last.read_bytes()[:1000]
     last.write_bytes(cut)
     with pytest.raises(DataError, match=f"^{last}: not a readable checkpoint"):
         run(compose_cfg([*SMALL, f"dataset.root={tmp_path / 'no_data_here'}"]), tmp_path)  # data is never read
-    assert last.read_bytes() == cut and (tmp_path / "metrics.json").read_bytes() == metrics
+    assert last.read_bytes() == cut and not (tmp_path / "metrics.json").exists()
 
 
 def test_divergence_keeps_the_last_good_checkpoints_and_records_its_status(compose_cfg, data_root, tmp_path,
@@ -167,3 +167,45 @@ def test_sigterm_exits_with_its_own_code_and_one_line(data_root, tmp_path):
     assert last_line.endswith(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; run the same command again to resume")
     assert not (run_dir / "metrics.json").exists()
     assert torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["epoch"] >= 1
+
+
+def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_failed_ones(data_root, tmp_path):
+    """`imbench -m` into the same sweep folder again: complete jobs are skipped, a job stopped by
+    SIGTERM continues from its checkpoint, a failing job does not stop the others, and the sweep
+    ends with the count of each and exit 2."""
+    sweep = tmp_path / "sweep"
+    missing = tmp_path / "no_such_root"
+    args = ["-m", "dataset=cifar10_lt", f"dataset.root={data_root},{missing}", "dataset.imbalance_factor=10,20",
+            "trainer.device=cpu", "trainer.epochs=3",
+            "trainer.batch_size=32", "trainer.progress_bar=false", f"hydra.sweep.dir={sweep}"]
+    cmd = [sys.executable, "-m", "imbalance_bench", *args]
+
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 240
+    while not list(sweep.glob("*/checkpoints/last.pt")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    [stopped] = [p.parent.parent for p in sweep.glob("*/checkpoints/last.pt")]
+    assert not (stopped / "metrics.json").exists()
+
+    def sweep_again():
+        proc = subprocess.run(cmd, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("imbench: error: 2 job(s) of the sweep failed")
+        jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
+        return proc, {job["dir"]: job["outcome"] for job in jobs}
+
+    second, outcomes = sweep_again()
+    good = sorted(str(p) for p in sweep.glob("*/metrics.json"))
+    assert len(good) == 2 and outcomes[str(stopped)] == "resumed"
+    assert sorted(outcomes.values()) == ["failed", "failed", "resumed", "trained"]
+    assert "4 job(s): 1 trained, 1 resumed, 0 already complete (skipped), 2 failed" in second.stdout + second.stderr
+    assert "resuming after epoch 1" in (stopped / "imbench.log").read_text()
+    finished = {path: open(path, "rb").read() for path in good}
+
+    third, outcomes = sweep_again()
+    assert sorted(outcomes.values()) == ["complete", "complete", "failed", "failed"]
+    assert {path: open(path, "rb").read() for path in good} == finished  # left exactly as they were

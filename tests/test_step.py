@@ -5,6 +5,7 @@ The CUDA-graph tests run only where a GPU is visible (the CPU suite checks the f
 
 import logging
 import math
+import os
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def trainer_node(**changes):
     node = {"amp": "auto", "amp_dtype": "bfloat16", "data_on_device": "auto", "decode_on_device": "auto",
             "channels_last": "auto",
             "fused_optimizer": "auto", "cuda_graphs": "auto", "cudnn_benchmark": "auto", "compile": "auto",
-            "sync_every": "auto"}
+            "sync_every": "auto", "deterministic": False}
     return OmegaConf.create({**node, **changes})
 
 
@@ -231,3 +232,19 @@ def test_weights_appearing_recapture_the_graph():
     weights = torch.linspace(0.5, 1.5, 10, device="cuda")
     loss = step(*data[0], weights)
     assert step.graph is not first and step.graph_key[-1] is False and math.isfinite(loss.item())
+
+
+def test_deterministic_mode_turns_autotuning_off_and_sets_the_backend_flags(caplog):
+    with caplog.at_level(logging.WARNING, logger="imbench"):
+        switches = Switches.resolve(trainer_node(deterministic=True, cudnn_benchmark=True), torch.device("cuda"), True)
+    assert switches.deterministic and not switches.cudnn_benchmark
+    assert "trainer.cudnn_benchmark: off with trainer.deterministic=true" in caplog.text
+    try:
+        switches.apply()
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+        Switches.resolve(trainer_node(), CPU, True).apply()  # the next run of the process: back to the defaults
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

@@ -28,7 +28,7 @@ def test_run_records_its_switches_and_throughput(compose_cfg, data_root, tmp_pat
     metrics = run(cfg, tmp_path)
     assert metrics["switches"] == {"amp": False, "data_on_device": False, "decode_on_device": False, "channels_last": True,
                                    "fused_optimizer": False, "cuda_graphs": False, "cudnn_benchmark": False,
-                                   "compile": False, "sync_every": 1}
+                                   "compile": False, "sync_every": 1, "deterministic": False}
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     train_s = [float(r["train_s"]) for r in rows]
     train_total = json.loads((tmp_path / "dataset_stats.json").read_text())["train_total"]

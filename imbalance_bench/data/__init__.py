@@ -15,15 +15,18 @@ from imbalance_bench.errors import ConfigError
 
 _DATASETS: dict[str, Callable[..., DataBundle]] = {}
 _LABEL_KINDS: dict[str, str] = {}
+_IMAGE_SIZES: dict[str, int | str] = {}
 
 
-def register_dataset(name: str, label_kind: str = "single"):
-    """Register a builder; `label_kind` ("single" or "multi") lets the CLI check label-kind
-    dependent keys (trainer.monitor) before any data is read."""
+def register_dataset(name: str, label_kind: str = "single", image_size: int | str = 32):
+    """Register a builder. `label_kind` ("single" or "multi") and `image_size` (the side of the
+    images the model sees: a number, or the name of the dataset key that sets it) let the CLI
+    check the loss, the monitor and the model against the dataset before any data is read."""
 
     def wrap(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         _DATASETS[name] = fn
         _LABEL_KINDS[name] = label_kind
+        _IMAGE_SIZES[name] = image_size
         return fn
 
     return wrap
@@ -31,6 +34,12 @@ def register_dataset(name: str, label_kind: str = "single"):
 
 def dataset_label_kind(name: str) -> str | None:
     return _LABEL_KINDS.get(name)
+
+
+def dataset_image_size(dataset_cfg) -> int | None:
+    """The side in pixels of the images a dataset config yields, or None for an unknown dataset."""
+    size = _IMAGE_SIZES.get(str(dataset_cfg.get("name", "")))
+    return dataset_cfg.get(size) if isinstance(size, str) else size
 
 
 def list_datasets() -> list[str]:
@@ -74,8 +83,8 @@ def _long_tail_from(raw_loader: Callable[[str, bool], object]) -> Callable[..., 
 
 register_dataset("cifar10_lt")(_long_tail_from(lambda root, download: load_cifar(root, "cifar10", download)))
 register_dataset("cifar100_lt")(_long_tail_from(lambda root, download: load_cifar(root, "cifar100", download)))
-register_dataset("mnist_lt")(_long_tail_from(load_mnist))
-register_dataset("multimnist", label_kind="multi")(build_multimnist)
-register_dataset("coco", label_kind="multi")(build_coco)
+register_dataset("mnist_lt", image_size=28)(_long_tail_from(load_mnist))
+register_dataset("multimnist", label_kind="multi", image_size="canvas_size")(build_multimnist)
+register_dataset("coco", label_kind="multi", image_size="image_size")(build_coco)
 
 __all__ = ["DataBundle", "create_dataset", "dataset_label_kind", "list_datasets", "register_dataset"]

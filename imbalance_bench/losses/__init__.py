@@ -31,6 +31,9 @@ def create_plm(base: str, bins: int, lr: float, **base_configs) -> PartialLabelM
     return PartialLabelMasking(base_loss, bins=bins, lr=lr)
 
 
+create_plm.label_kinds = PartialLabelMasking.label_kinds
+
+
 LOSSES = {
     "ce": SoftmaxCrossEntropy,
     "bce": SigmoidCrossEntropy,
@@ -42,6 +45,11 @@ LOSSES = {
     "asl": AsymmetricLoss,
 }
 REWEIGHTINGS = {"none": Reweighting, "cb": ClassBalanced, "inverse_freq": InverseFrequency}
+
+
+def losses_for(label_kind: str) -> list[str]:
+    """The loss names whose losses train on `label_kind` ("single" or "multi") data, sorted."""
+    return sorted(name for name, factory in LOSSES.items() if label_kind in factory.label_kinds)
 
 
 def create_loss(name: str, **kwargs) -> ClassificationLoss:
@@ -71,6 +79,7 @@ __all__ = [
     "DualFocalLoss",
     "PartialLabelMasking",
     "create_plm",
+    "losses_for",
     "dual_focal_terms",
     "SigmoidLoss",
     "reduce_terms",

@@ -112,6 +112,8 @@ class PartialLabelMasking(SigmoidLoss):
     State (ratios, histograms, divergences) lives in buffers, so the checkpoint carries it.
     """
 
+    label_kinds = frozenset({"multi"})  # masking balances each class's positives against its negatives
+
     def __init__(self, base: SigmoidLoss, bins: int, lr: float):
         super().__init__()
         if not isinstance(base, SigmoidLoss) or not base.sigmoid_head:
@@ -122,7 +124,6 @@ class PartialLabelMasking(SigmoidLoss):
             raise ValueError(f"lr={lr} must be >= 0")
         self.base = base
         self.bins, self.lr = int(bins), float(lr)
-        self.label_kinds = base.label_kinds
         self.sigmoid_head = base.sigmoid_head
         # empty until `prepare` (or load_state_dict) knows the number of classes C
         self.register_buffer("class_ratio", torch.zeros(0))

@@ -17,8 +17,13 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, in_chans: int, pretrained: bool = False, max_image_size: int | None = None
+) -> nn.Module:
     """A classifier with `num_classes` outputs for `in_chans`-channel images.
+
+    `max_image_size` is the largest input side the network is meant for; it is checked against
+    the dataset before any data is read (config.check_model_input), so it is not used here.
 
     Names in this project's registry (`resnet32`) are built here; any other name goes to
     `timm.create_model` (e.g. resnet50, resnet101, seresnext101_32x4d).
