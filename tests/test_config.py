@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from imbalance_bench.config import CONFIG_GROUPS, validate
+from omegaconf import DictConfig, OmegaConf
+
+from imbalance_bench.config import CONFIG_GROUPS, RULES, validate
 from imbalance_bench.errors import ConfigError
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -23,6 +25,29 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
     validate(cfg)
     if group != "experiment":
         assert "_target_" in cfg[group] or group == "trainer"
+
+
+def leaves(node: DictConfig, prefix: str = ""):
+    for key in node:
+        value, dotted = node[key], f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            yield from leaves(value, dotted + ".")
+        else:
+            yield dotted, OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+
+
+def test_every_number_of_every_option_has_a_range_check(compose_cfg):
+    """The schemas check types (a bool key takes only booleans); every key holding a number or a
+    list of numbers in any option also has a range rule in config.RULES."""
+    ruled = {rule.key for rule in RULES}
+    unchecked = set()
+    for group, option in OPTIONS:
+        for key, value in leaves(compose_cfg([f"{group}={option}"])):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            numbers = isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value)
+            if (number or numbers) and key not in ruled:
+                unchecked.add(key)
+    assert not unchecked, f"numeric keys without a range rule: {sorted(unchecked)}"
 
 
 def test_main_job_defaults(compose_cfg):

@@ -114,7 +114,7 @@ def test_coco_missing_image_is_one_line(imbench, tmp_path):
     root = write_coco(tmp_path / "coco")
     victim = next((root / "train2017").iterdir())
     victim.unlink()
-    proc = imbench("dataset=coco", f"dataset.root={root}", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
+    proc = imbench("dataset=coco", f"dataset.root={root}", "dataset.image_size=32", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imbench: error: ") and victim.name in lines[0], proc.stderr
