@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench.errors import ConfigError, DataError
 
-#: keys that may differ between the run that wrote a checkpoint and the one resuming from it
-RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers")
+#: keys that may differ between the run that wrote a checkpoint and the one resuming from it (a run
+#: may continue on another GPU: a sweep's job N goes to GPU N mod the number of GPUs)
+RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers", "trainer.device")
 
 
 @dataclass
@@ -131,14 +132,21 @@ EXIT_INTERRUPTED = 75
 
 
 class Interrupted(Exception):
-    """The run stopped on SIGTERM / SIGINT after its checkpoint was written; the message says how to go on."""
+    """The run stopped on SIGTERM / SIGINT / SIGUSR2 after its checkpoint was written; the message says
+    how to go on, `signum` which signal it was."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
 
 
 class StopRequest:
-    """Turns SIGTERM and SIGINT (what SLURM sends before pre-emption, and Ctrl-C) into a request
-    that the loop reads after each step; a second signal stops at once."""
+    """Turns SIGTERM and SIGINT (what SLURM sends before pre-emption, and Ctrl-C) and SIGUSR2 (what
+    SLURM sends ahead of a time limit when asked, as submitit does) into a request that the loop
+    reads after each step; a second signal stops at once. The handlers in place before are put
+    back on exit (submitit's SIGUSR2 handler, which requeues the job, among them)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
     def __init__(self):
         self.signal: int | None = None

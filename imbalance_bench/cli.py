@@ -56,10 +56,13 @@ def hydra_app(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    if sweeping and "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
+        pin_to_gpu(cfg, int(hydra_cfg.job.num))
     try:
         result = run_job(cfg, output_dir)
-    except Interrupted as exc:  # SIGTERM / SIGINT: the whole command stops, sweep included
+    except Interrupted as exc:  # SIGTERM / SIGINT / SIGUSR2: the whole command stops, sweep included
         print_user_error("imbench", str(exc))
+        hand_over_to_scheduler(exc.signum)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except ImbenchError as exc:
         if not sweeping:
@@ -76,6 +79,36 @@ def hydra_app(cfg: DictConfig) -> float:
         record_job(hydra_cfg, result.outcome)
     value = result.metrics["final"][result.metrics["monitor"]]
     return float("nan") if value is None else float(value)
+
+
+def device_for_job(choice: str, job_num: int, device_count: int) -> str:
+    """The device of job `job_num` of a local parallel sweep: with several GPUs, `auto` and `cuda`
+    go round-robin by job number (n_jobs at once puts n_jobs / device_count jobs on each GPU);
+    an explicit choice (`cpu`, `cuda:N`) is kept."""
+    if choice in ("auto", "cuda") and device_count > 1:
+        return f"cuda:{job_num % device_count}"
+    return choice
+
+
+def pin_to_gpu(cfg: DictConfig, job_num: int) -> None:
+    import torch
+    from omegaconf import open_dict
+
+    device = device_for_job(str(cfg.trainer.device), job_num, torch.cuda.device_count())
+    if device != cfg.trainer.device:
+        with open_dict(cfg):
+            cfg.trainer.device = device
+        log.info("job #%d runs on %s", job_num, device)
+
+
+def hand_over_to_scheduler(signum: int | None) -> None:
+    """After the checkpoint of a run stopped by SIGUSR2 is written, pass the signal on to the handler
+    that was there before the run (under hydra/launcher=slurm that is submitit's, which requeues
+    the job; the requeued job resumes from the checkpoint)."""
+    import signal
+
+    if signum == signal.SIGUSR2 and callable(signal.getsignal(signal.SIGUSR2)):
+        signal.raise_signal(signal.SIGUSR2)
 
 
 def record_job(hydra_cfg, outcome: str, message: str | None = None) -> None:
@@ -140,6 +173,11 @@ def preflight(argv: list[str]) -> list[list[str]]:
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
+    modes = [flag for flag, given in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                      ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be given together: choose one "
+                          "(to print a sweep job's config, run --cfg job with that job's values, without -m)")
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return []
     if args.config_path or args.config_dir or (args.config_name not in (None, "config")):
@@ -185,11 +223,32 @@ def check_group_options(overrides: list[str]) -> None:
     loader = GlobalHydra.instance().config_loader()
     for override in OverridesParser.create().parse_overrides(overrides):
         key, value = override.key_or_group, override.value()
+        if key == "hydra/launcher":
+            check_launcher(loader, str(value))
         if override.is_delete() or key not in CONFIG_GROUPS or not isinstance(value, str) or value == "":
             continue
         options = group_options(loader, key)
         if value not in options:
             raise ConfigError(f"{key}={value} is not allowed: unknown option; choose one of: {', '.join(options)}")
+
+
+#: launcher options and the plugin each needs (all in the `launchers` extra)
+LAUNCHER_PLUGINS = {"pack": "hydra_joblib_launcher", "joblib": "hydra_joblib_launcher",
+                    "slurm": "hydra_submitit_launcher", "submitit_slurm": "hydra_submitit_launcher",
+                    "submitit_local": "hydra_submitit_launcher"}
+
+
+def check_launcher(loader, choice: str) -> None:
+    """`hydra/launcher=NAME` names a launcher whose plugin is installed."""
+    import importlib.util
+
+    plugin = LAUNCHER_PLUGINS.get(choice)
+    if plugin is not None and importlib.util.find_spec(f"hydra_plugins.{plugin}") is None:
+        raise ConfigError(f"hydra/launcher={choice} is not allowed here: its plugin is not installed; "
+                          "pip install 'imbalance-bench[launchers]'")
+    options = group_options(loader, "hydra/launcher")
+    if choice not in options:
+        raise ConfigError(f"hydra/launcher={choice} is not allowed: unknown option; choose one of: {', '.join(options)}")
 
 
 def check_added_keys(overrides: list[str]) -> None:

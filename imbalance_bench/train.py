@@ -305,7 +305,7 @@ def fit(
 
     def interrupted(where: str, path: Path) -> Interrupted:
         return Interrupted(f"stopped by {stop_request.name} after {where}; checkpoint {path}; "
-                           "run the same command again to resume")
+                           "run the same command again to resume", stop_request.signal)
 
     with StopRequest() as stop_request:
         for epoch in range(start_epoch, trainer.epochs):

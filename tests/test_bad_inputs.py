@@ -106,6 +106,9 @@ CONFIG_CASES = [
      "resnet50"),
     (["dataset=coco", "model=resnet50", "dataset.head_count=100"], "dataset.head_count=100", "dataset.imbalance_factor"),
     (["model.max_image_size=0"], "model.max_image_size=0", "null or an integer >= 1"),
+    # the command itself
+    (["-m", "hydra/launcher=slurmx", "loss=ce,focal"], "hydra/launcher=slurmx", "basic, joblib, pack, slurm"),
+    (["-m", "--cfg", "job", "loss=ce,focal"], "--multirun and --cfg cannot be given together", "without -m"),
 ]
 
 
@@ -133,6 +136,19 @@ def test_a_config_mistake_is_one_line_before_anything_runs(earlier_outputs, monk
     assert_one_line(captured.err, key, allowed)
     assert "Traceback" not in captured.out
     assert snapshot(earlier_outputs) == before  # nothing started, nothing written
+
+
+def test_a_launcher_without_its_plugin_names_the_extra(earlier_outputs, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins.") else find_spec(name, *a))
+    monkeypatch.setattr(cli, "hydra_app", lambda: pytest.fail("the pre-flight checks let it through"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["-m", "hydra/launcher=slurm", "loss=ce,focal"])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    assert_one_line(capsys.readouterr().err, "hydra/launcher=slurm", "pip install 'imbalance-bench[launchers]'")
 
 
 def test_the_cases_are_distinct_and_the_suite_has_at_least_25():

@@ -113,6 +113,52 @@ def test_packed_sweep_runs_jobs_in_parallel_processes_and_reports_a_failed_one(i
     assert hydra_cfg["launcher"]["n_jobs"] == 2 and "joblib" in hydra_cfg["launcher"]["_target_"]
 
 
+def test_submitit_local_sweep_runs_each_job_as_a_submitit_job(imbench, data_root, tmp_path):
+    """hydra/launcher=submitit_local: submitit's local executor, which needs no cluster, runs each job
+    in its own process with its own log under .submitit/, as SLURM would."""
+    sweep = tmp_path / "sweep"
+    proc = imbench("-m", "hydra/launcher=submitit_local", "dataset=cifar10_lt", f"dataset.root={data_root}",
+                   "loss=ce,focal", *SMOKE, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert summary["counts"]["trained"] == 2 and summary["counts"]["failed"] == 0
+    assert [json.loads((sweep / str(i) / "metrics.json").read_text())["loss"] for i in range(2)] == ["ce", "focal"]
+    assert len(list((sweep / ".submitit").rglob("*_log.out"))) == 2
+    hydra_cfg = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra_cfg["launcher"]["_target_"].endswith("submitit_launcher.LocalLauncher")
+
+
+def test_local_parallel_sweeps_spread_jobs_over_the_gpus():
+    from imbalance_bench.cli import device_for_job
+
+    assert [device_for_job("auto", n, 2) for n in range(5)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert [device_for_job("cuda", n, 3) for n in range(4)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
+    assert device_for_job("auto", 3, 1) == "auto" and device_for_job("auto", 3, 0) == "auto"
+    assert device_for_job("cuda:1", 0, 4) == "cuda:1" and device_for_job("cpu", 1, 4) == "cpu"
+
+
+def test_sigusr2_is_handed_on_to_the_handler_that_was_there_before(monkeypatch):
+    """Under submitit the handler in place before the run requeues the job: after the checkpoint,
+    the run passes SIGUSR2 on to it; SIGTERM is not passed on, and nothing is without a handler."""
+    import signal
+
+    from imbalance_bench.checkpoint import StopRequest
+    from imbalance_bench.cli import hand_over_to_scheduler
+
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        with StopRequest() as stop:
+            signal.raise_signal(signal.SIGUSR2)
+        assert stop.name == "SIGUSR2" and received == []  # the run's handler took it while it trained
+        hand_over_to_scheduler(signal.SIGTERM)
+        assert received == []
+        hand_over_to_scheduler(stop.signal)
+        assert received == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def test_real_mnist_learns(imbench, tmp_path):
     """The bundled real MNIST through the real idx reader, on a subset: well above chance (10 %)."""
     proc = imbench("dataset=mnist_lt", "dataset.imbalance_factor=10", "dataset.limit_train=3000",
