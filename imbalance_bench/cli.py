@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -172,6 +173,11 @@ def preflight(argv: list[str]) -> list[list[str]]:
     Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree)."""
     from hydra._internal.utils import get_args_parser
 
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size != "1":
+        raise ConfigError(f"WORLD_SIZE={world_size} (torchrun): multi-process (DDP) training is not supported yet, "
+                          "and each process would train its own copy; run one process per GPU as a sweep "
+                          "(hydra/launcher=pack) or one job per GPU on SLURM (hydra/launcher=slurm)")
     args, _ = get_args_parser().parse_known_args(argv)
     modes = [flag for flag, given in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
                                       ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]

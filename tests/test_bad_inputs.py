@@ -151,6 +151,15 @@ def test_a_launcher_without_its_plugin_names_the_extra(earlier_outputs, monkeypa
     assert_one_line(capsys.readouterr().err, "hydra/launcher=slurm", "pip install 'imbalance-bench[launchers]'")
 
 
+def test_torchrun_is_refused_until_ddp_is_supported(earlier_outputs, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(cli, "hydra_app", lambda: pytest.fail("the pre-flight checks let it through"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["loss=ce"])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    assert_one_line(capsys.readouterr().err, "WORLD_SIZE=2 (torchrun)", "hydra/launcher=pack")
+
+
 def test_the_cases_are_distinct_and_the_suite_has_at_least_25():
     keys = [tuple(args) for args, _, _ in CONFIG_CASES] + [name for name, _ in FILE_CASES] + ["sigterm"]
     assert len(set(keys)) == len(keys) >= 25
