@@ -4,12 +4,14 @@
 command line (Hydra's basic sweeper runs the cartesian product of its comma lists), followed by the
 user's options:
 
-    scripts/reproduce_<table>.sh [--dry-run] [--seeds 0,1,2] [--out DIR] [OVERRIDE ...]
+    scripts/reproduce_<table>.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 
 Every job of every sweep is composed and validated before the first one starts. `--dry-run` prints
 the jobs and their count and launches nothing. Otherwise the sweeps run one after another into
 `DIR/<sweep>/<job>`, a failed sweep does not stop the next one, and the report (report.md,
-report.csv, plots) and `reproduce.json` (commands, exit codes, wall times) land in DIR.
+report.csv, plots) and `reproduce.json` (commands, exit codes, wall times) land in DIR. The same
+command with `--out DIR --resume` finishes a table that was stopped: runs already complete are
+skipped, stopped ones continue from their checkpoints.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their count; launch nothing")
     parser.add_argument("--seeds", metavar="S,S,...", help="sweep `seed` over these values in every sweep (e.g. 0,1,2)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: multirun/<table>/<date>_<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the table in --out DIR: skip complete runs, resume stopped ones")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                         help="Hydra overrides added to every job, e.g. dataset.root=/data trainer.device=cuda")
     return parser
@@ -95,7 +99,7 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep
     for arg in extra:
         key = arg.partition("=")[0].lstrip("+~")
         if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
-            raise ConfigError(f"{arg}: not an option of this script (--dry-run, --seeds, --out, --metric) nor a key=value override")
+            raise ConfigError(f"{arg}: not an option of this script (--dry-run, --seeds, --out, --resume, --metric) nor a key=value override")
         if key == "seed" and seeds is not None:
             raise ConfigError(f"{arg}: give seeds either with --seeds or as seed=..., not both")
         if key.startswith("hydra.sweep") or key.startswith("hydra.run"):
@@ -131,12 +135,22 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def check_out(out: Path) -> None:
-    """The output folder must be new (or empty) and creatable: a table never mixes with older runs."""
+def check_out(out: Path, table: str, resume: bool = False) -> None:
+    """The output folder must be new (or empty) and creatable: a table never mixes with older runs.
+    With `resume` it must instead hold this table's earlier start (its reproduce.json)."""
     if any(c in str(out) for c in "\\$"):
         raise ConfigError(f"--out {out}: backslashes and '$' are not allowed in the folder name")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
+    if resume:
+        try:
+            earlier = json.loads((out / "reproduce.json").read_text()).get("table")
+        except (OSError, ValueError, AttributeError):
+            earlier = None
+        if earlier != table:
+            raise ConfigError(f"--resume: {out} holds no earlier run of table {table} (no reproduce.json of it); "
+                              "give the --out of that run")
+        return
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: the folder is not empty; choose a new one so no earlier run is overwritten "
                           "or mixed into this table's report")
@@ -171,12 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     from imbalance_bench.report import metric_choices
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if args.resume and not args.out:
+        fail("--resume needs --out DIR: the folder of the table to finish")
     out = Path(args.out) if args.out else Path("multirun") / args.table / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
         metric_choices(args.metric)
         sweeps = plan([parse_sweep(s) for s in args.sweep], parse_seeds(args.seeds), args.overrides)
         if not args.dry_run:
-            check_out(out)
+            check_out(out, args.table, args.resume)
     except ImbenchError as exc:
         fail(str(exc))
     print_plan(args.table, sweeps, out)

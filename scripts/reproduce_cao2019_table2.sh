@@ -3,7 +3,7 @@
 # imbalance factors 100 and 10, exp and step profiles. Rows ERM, Focal, LDAM, CB RW, CB Focal, LDAM-DRW:
 # 6 x 2 x 2 x 2 = 48 runs per seed. See docs/REPRODUCING.md.
 #
-#   scripts/reproduce_cao2019_table2.sh [--dry-run] [--seeds 0,1,2] [--out DIR] [OVERRIDE ...]
+#   scripts/reproduce_cao2019_table2.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 set -euo pipefail
 . "$(dirname "$0")/_imbench_python.sh"
 T=cao2019_table2

@@ -4,7 +4,7 @@
 # 12 columns (60 runs) and the Class-Balanced row, one preset per cell with the paper's best loss,
 # beta and gamma (12 runs): 72 runs per seed. See docs/REPRODUCING.md.
 #
-#   scripts/reproduce_cui2019_table2.sh [--dry-run] [--seeds 0,1,2] [--out DIR] [OVERRIDE ...]
+#   scripts/reproduce_cui2019_table2.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 #   e.g. scripts/reproduce_cui2019_table2.sh --seeds 0,1,2 dataset.root=/data trainer.device=cuda
 set -euo pipefail
 . "$(dirname "$0")/_imbench_python.sh"

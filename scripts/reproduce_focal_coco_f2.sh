@@ -4,7 +4,7 @@
 # Needs COCO 2017 under dataset.root and timm's pretrained weights (or model.pretrained=false).
 # See docs/REPRODUCING.md.
 #
-#   scripts/reproduce_focal_coco_f2.sh [--dry-run] [--seeds 0,1,2] [--out DIR] [OVERRIDE ...]
+#   scripts/reproduce_focal_coco_f2.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 set -euo pipefail
 . "$(dirname "$0")/_imbench_python.sh"
 exec "$IMBENCH_PYTHON" -m imbalance_bench.reproduce --table focal_coco_f2 --metric mean_f2 --metric map \

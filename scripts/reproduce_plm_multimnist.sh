@@ -4,7 +4,7 @@
 # reported by test mAP and mean F2: 4 runs per seed. Real MNIST runs offline.
 # See docs/REPRODUCING.md for the shortened CPU version whose results are in docs/results/.
 #
-#   scripts/reproduce_plm_multimnist.sh [--dry-run] [--seeds 0,1,2] [--out DIR] [OVERRIDE ...]
+#   scripts/reproduce_plm_multimnist.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 set -euo pipefail
 . "$(dirname "$0")/_imbench_python.sh"
 exec "$IMBENCH_PYTHON" -m imbalance_bench.reproduce --table plm_multimnist --metric map --metric mean_f2 \

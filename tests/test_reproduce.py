@@ -107,6 +107,8 @@ def test_an_output_folder_with_runs_is_refused_and_left_alone(tmp_path):
     (["hydra.sweep.dir=elsewhere"], "hydra.sweep.dir=elsewhere: the script places the runs itself"),
     (["--out", "a_file"], "--out a_file: exists and is not a folder"),
     (["--out", "money$dir"], "backslashes and '$' are not allowed"),
+    (["--resume"], "--resume needs --out DIR"),
+    (["--out", "elsewhere", "--resume"], "--resume: elsewhere holds no earlier run of table plm_multimnist"),
 ])
 def test_bad_options_stop_before_any_run(args, message, tmp_path):
     (tmp_path / "a_file").write_text("keep me")
@@ -216,3 +218,12 @@ def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path):
     rows = [line.split(",") for line in (out / "report.csv").read_text().splitlines()[1:]]
     assert sorted(r[2] for r in rows) == sorted(methods)
     assert "sweeps with failed runs: mixed" in result.stdout
+
+    # --resume finishes the table in the same folder: the complete runs are not run again
+    finished = {p: p.read_bytes() for p in out.glob("*/*/metrics.json")}
+    again = subprocess.run([sys.executable, "-m", "imbalance_bench.reproduce", *argv, "--resume"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    counts = [json.loads((out / name / "sweep.json").read_text())["counts"] for name in ("losses", "mixed")]
+    assert [(c["complete"], c["trained"], c["failed"]) for c in counts] == [(2, 0, 0), (1, 0, 1)]
+    assert {p: p.read_bytes() for p in out.glob("*/*/metrics.json")} == finished
