@@ -461,12 +461,12 @@ def check_combinations(cfg: DictConfig) -> None:
 def check_label_kind(cfg: DictConfig, label_kind: str) -> None:
     """Keys that depend on the dataset's label kind: the monitor, and a loss made for that kind
     (no softmax loss on multi-label data, no label masking on single-label data)."""
-    from imbalance_bench.losses import losses_for
+    from imbalance_bench.losses import LOSSES, losses_for
 
     resolve_monitor(cfg.trainer.monitor, label_kind)
     dataset, loss = cfg.dataset.name, cfg.loss.name
     allowed = losses_for(label_kind)
-    if loss not in allowed and loss in losses_for("single") + losses_for("multi"):
+    if loss in LOSSES and loss not in allowed:
         raise ConfigError(
             f"loss={loss} is not allowed with dataset={dataset} ({label_kind}-label): use one of {', '.join(allowed)}"
         )

@@ -94,12 +94,13 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
 
     history = History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind))
     try:
-        fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history, checkpoint)
+        fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history,
+            resolved_config, checkpoint)
     except TrainingDiverged as exc:
         # the checkpoints hold the last good epoch (the diverged one never reaches them)
-        write_json(run_dir / "metrics.json", summarize(cfg, data, history, device, switches, error=str(exc)))
+        write_json(run_dir / "metrics.json", summarize(cfg, resolved_config, data, history, device, switches, error=str(exc)))
         raise
-    metrics = summarize(cfg, data, history, device, switches)
+    metrics = summarize(cfg, resolved_config, data, history, device, switches)
 
     write_json(run_dir / "metrics.json", metrics)
     log.info("results in %s\n%s", run_dir, format_summary(metrics))
@@ -264,7 +265,7 @@ class History:
 
 def fit(
     cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches: Switches, run_dir: Path,
-    history: History, checkpoint: dict[str, Any] | None = None,
+    history: History, resolved_config: dict[str, Any], checkpoint: dict[str, Any] | None = None,
 ) -> History:
     """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each
     epoch; from `checkpoint`'s epoch on when resuming."""
@@ -284,7 +285,6 @@ def fit(
     )
     writer = tensorboard_writer(run_dir, purge_step=start_epoch + 1 if checkpoint is not None else None)
     rewrite_summary(run_dir, history.epochs)  # a resumed run keeps the rows of its checkpoint's epochs only
-    resolved_config = OmegaConf.to_container(cfg, resolve=True)
 
     def save_last(epoch_done: int, position: EpochPosition | None = None) -> Path:
         path = run_dir / "checkpoints" / "last.pt"
@@ -605,7 +605,8 @@ def train_throughput(epochs: list[dict[str, Any]]) -> float | None:
 
 
 def summarize(
-    cfg: DictConfig, data: DataBundle, history: History, device, switches: Switches, error: str | None = None
+    cfg: DictConfig, resolved_config: dict[str, Any], data: DataBundle, history: History, device, switches: Switches,
+    error: str | None = None,
 ) -> dict[str, Any]:
     """The `metrics.json` record: the last and the best evaluated epoch, and what was run; with
     `error` (a diverged run) the status says so and the records are those of its good epochs."""
@@ -637,5 +638,5 @@ def summarize(
         "best": best,
         "train_time_s": round(history.seconds, 3),
         "train_images_per_s": train_throughput(history.epochs),
-        "config": OmegaConf.to_container(cfg, resolve=True),  # what a rerun compares before it skips this run
+        "config": resolved_config,  # what a rerun compares before it skips this run
     }
