@@ -9,13 +9,16 @@ the sweep goes on; the command then exits 2 naming the failed jobs.
 Re-running a sweep into the same folder (`hydra.sweep.dir=DIR`) skips the jobs whose metrics.json
 is complete and resumes the others from their last checkpoint; the sweep ends with one line
 counting the jobs trained, resumed, already complete and failed, and writes DIR/sweep.json.
+
+Under torchrun (`torchrun --nproc_per_node=N -m imbalance_bench ...`) the N processes train one
+run with DDP: rank 0 picks the run directory and passes it to the others, which log nothing and
+write nothing there; only rank 0 prints errors.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -30,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
 from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
 from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
-from imbalance_bench.errors import ConfigError, ImbenchError, exit_user_error, print_user_error, user_message
+from imbalance_bench.distributed import World, close_world, init_world, world_from_env
+from imbalance_bench.errors import EXIT_USER_ERROR, ConfigError, ImbenchError, print_user_error, user_message
 from imbalance_bench.runfiles import write_json
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -41,9 +45,16 @@ SWEEP_SUMMARY = "sweep.json"  # <sweep dir>/sweep.json: every job's outcome, wri
 OUTCOMES = ("trained", "resumed", "complete", "failed")  # the order of the summary line
 
 
+def say_error(message: str) -> None:
+    """`imbench: error: MESSAGE` on stderr, from rank 0 only in a DDP run (the others hit the same error)."""
+    if world_from_env().is_main:
+        print_user_error("imbench", message)
+
+
 def fail(message: str) -> None:
     """Print one line to stderr and exit with the user-error code."""
-    exit_user_error("imbench", message)
+    say_error(message)
+    raise SystemExit(EXIT_USER_ERROR)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -62,7 +73,7 @@ def hydra_app(cfg: DictConfig) -> float:
     try:
         result = run_job(cfg, output_dir)
     except Interrupted as exc:  # SIGTERM / SIGINT / SIGUSR2: the whole command stops, sweep included
-        print_user_error("imbench", str(exc))
+        say_error(str(exc))
         hand_over_to_scheduler(exc.signum)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except ImbenchError as exc:
@@ -152,15 +163,21 @@ class SweepReport(Callback):
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: pre-flight checks, then hand over to Hydra."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    world = world_from_env()
     try:
-        preflight(argv)
+        jobs = preflight(argv)
+        if world.distributed and jobs:
+            argv = join_ddp_run(argv, jobs[0], init_world())
     except ConfigError as exc:
         fail(str(exc))
     finally:
         GlobalHydra.instance().clear()
     sys.argv = [sys.argv[0]] + argv
     FAILED_JOBS.clear()
-    hydra_app()
+    try:
+        hydra_app()
+    finally:
+        close_world()
     if FAILED_JOBS:
         fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed (their errors are above): {'; '.join(FAILED_JOBS)}")
 
@@ -173,12 +190,11 @@ def preflight(argv: list[str]) -> list[list[str]]:
     Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree)."""
     from hydra._internal.utils import get_args_parser
 
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    if world_size != "1":
-        raise ConfigError(f"WORLD_SIZE={world_size} (torchrun): multi-process (DDP) training is not supported yet, "
-                          "and each process would train its own copy; run one process per GPU as a sweep "
-                          "(hydra/launcher=pack) or one job per GPU on SLURM (hydra/launcher=slurm)")
     args, _ = get_args_parser().parse_known_args(argv)
+    world = world_from_env()
+    if world.distributed and args.multirun:
+        raise ConfigError(f"-m/--multirun under torchrun ({world.size} processes) is not allowed: torchrun trains "
+                          "one run; sweep with one torchrun per job, or with hydra/launcher=pack or slurm")
     modes = [flag for flag, given in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
                                       ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
     if len(modes) > 1:
@@ -197,6 +213,26 @@ def preflight(argv: list[str]) -> list[list[str]]:
             validate(cfg)
             check_combinations(cfg)
     return jobs
+
+
+#: overrides that rank 0 sets for every process of a DDP run, and those of the other processes
+DDP_RUN_DIR = "hydra.run.dir"
+DDP_QUIET = ("hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
+
+
+def join_ddp_run(argv: list[str], overrides: list[str], world: World) -> list[str]:
+    """The command line of this process of a DDP run: rank 0 resolves the run directory (its
+    `${now:...}` included) and every process is given that one directory, so that the run has one
+    folder, not one per process. Processes other than rank 0 write no .hydra/ and no log file."""
+    run_dir = None
+    if world.is_main:
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            run_dir = str(compose_job(overrides).hydra.run.dir)
+    run_dir = world.broadcast(run_dir)
+    replaced = (DDP_RUN_DIR, *(o.partition("=")[0] for o in DDP_QUIET))
+    kept = [a for a in argv if a.lstrip("+").partition("=")[0] not in replaced]
+    escaped = run_dir.replace("\\", "\\\\").replace("'", "\\'")
+    return [*kept, f"{DDP_RUN_DIR}='{escaped}'", *(() if world.is_main else DDP_QUIET)]
 
 
 def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:

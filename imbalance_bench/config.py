@@ -224,6 +224,7 @@ class TrainerSchema:
     compile: Any = MISSING
     sync_every: Any = MISSING
     deterministic: bool = MISSING
+    dtype: str = MISSING
 
 
 def register_schemas() -> None:
@@ -364,6 +365,7 @@ RULES: tuple[Rule, ...] = (
          "auto, false or the path of a checkpoint"),
     Rule("trainer.sync_every", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
     Rule("trainer.amp_dtype", lambda v: v in ("bfloat16", "float16"), "one of: bfloat16, float16"),
+    Rule("trainer.dtype", lambda v: v in ("float32", "float64"), "one of: float32, float64"),
     Rule("trainer.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("trainer.eval_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     Rule("trainer.monitor", lambda v: v in MONITOR_CHOICES, "one of: " + ", ".join(MONITOR_CHOICES)),

@@ -45,9 +45,18 @@ class Switches:
     deterministic: bool = False
 
     @classmethod
-    def resolve(cls, trainer, device: torch.device, in_memory: bool) -> "Switches":
+    def resolve(cls, trainer, device: torch.device, in_memory: bool, processes: int = 1) -> "Switches":
         """Resolve every `auto`; a switch that cannot apply here falls back with a warning."""
         on = {key: resolve_switch(trainer[key], device) for key in SWITCH_KEYS}
+        if trainer.dtype == "float64" and on["amp"]:
+            if trainer.amp is True:
+                log.warning("trainer.amp: off with trainer.dtype=float64 (autocast would compute in %s)", trainer.amp_dtype)
+            on["amp"] = False
+        if processes > 1:
+            # a DDP step all-reduces gradients between backward and the update, outside any graph
+            if trainer.cuda_graphs is True or trainer.compile is True:
+                log.warning("trainer.cuda_graphs / compile: off in a multi-process (DDP) run")
+            on["cuda_graphs"] = on["compile"] = False
         if on["data_on_device"] and not in_memory:
             log.warning("trainer.data_on_device=true: this dataset is read from files, so it stays on the host")
             on["data_on_device"] = False
@@ -108,6 +117,16 @@ def to_memory_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
+def model_input(images: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """Normalised images in the model's dtype (float64 under trainer.dtype=float64) and memory format."""
+    return to_memory_format(images.to(dtype), channels_last)
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the loss: at least float32 (autocast's bfloat16 / float16 ones are cast up)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class TrainStep:
     """forward -> loss -> backward -> optimiser step on one batch; returns the detached loss.
 
@@ -122,9 +141,13 @@ class TrainStep:
 
     def __init__(
         self, model, criterion, optimizer, precision: Precision, channels_last: bool, cuda_graphs: bool,
-        compiled_model=None,
+        compiled_model=None, ddp_module=None,
     ):
         self.model, self.criterion, self.optimizer, self.precision = model, criterion, optimizer, precision
+        # in a DDP run: DistributedDataParallel around ModelWithLoss(model, criterion), whose
+        # backward averages the gradients over the processes (eager steps only)
+        self.ddp_module = ddp_module
+        self.dtype = next(model.parameters()).dtype
         # the torch.compile'd model serves the first batch shape only (the one the graph replays);
         # other shapes run the plain model rather than wait for a recompilation
         self.compiled_model = compiled_model
@@ -138,12 +161,17 @@ class TrainStep:
         if cuda_graphs:
             learning_rates_on_device(optimizer)
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        inputs = to_memory_format(inputs, self.channels_last)
+    def __call__(
+        self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None, loss_scale: float = 1.0
+    ) -> torch.Tensor:
+        """One step; the gradient is that of `loss_scale` x the loss (a DDP process's share of the
+        global batch, see distributed.py), the returned loss is unscaled."""
+        inputs = model_input(inputs, self.dtype, self.channels_last)
         if self.main_shape is None:
             self.main_shape = tuple(inputs.shape)
-        if not self.cuda_graphs or tuple(inputs.shape) != self.main_shape:
-            return self.eager(inputs, targets, weights)  # a short last batch is not worth its own graph
+        if loss_scale != 1.0 or not self.cuda_graphs or tuple(inputs.shape) != self.main_shape:
+            # a short last batch is not worth its own graph
+            return self.eager(inputs, targets, weights, loss_scale)
         key = (tuple(targets.shape), targets.dtype, weights is None)
         if self.graph is not None and key == self.graph_key:
             return self.replay(inputs, targets, weights)
@@ -152,21 +180,24 @@ class TrainStep:
         self.capture(key, inputs, targets, weights)
         return self.replay(inputs, targets, weights)
 
-    def forward_backward(self, inputs, targets, weights, cache_enabled: bool = True) -> torch.Tensor:
+    def forward_backward(self, inputs, targets, weights, cache_enabled: bool = True, loss_scale: float = 1.0) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        compiled = self.compiled_model is not None and tuple(inputs.shape) == self.main_shape
-        with self.precision.autocast(cache_enabled=cache_enabled):
-            logits = (self.compiled_model if compiled else self.model)(inputs)
-        loss = self.criterion(logits.float(), targets, weights)
+        if self.ddp_module is not None:
+            loss = self.ddp_module(inputs, targets, weights)
+        else:
+            compiled = self.compiled_model is not None and tuple(inputs.shape) == self.main_shape
+            with self.precision.autocast(cache_enabled=cache_enabled):
+                logits = (self.compiled_model if compiled else self.model)(inputs)
+            loss = self.criterion(upcast(logits), targets, weights)
         scaler = self.precision.scaler
-        scaler.scale(loss).backward()
+        scaler.scale(loss if loss_scale == 1.0 else loss * loss_scale).backward()
         scaler.step(self.optimizer)
         scaler.update()
         return loss.detach()
 
-    def eager(self, inputs, targets, weights) -> torch.Tensor:
+    def eager(self, inputs, targets, weights, loss_scale: float = 1.0) -> torch.Tensor:
         self.eager_steps += 1
-        return self.forward_backward(inputs, targets, weights)
+        return self.forward_backward(inputs, targets, weights, loss_scale=loss_scale)
 
     def eager_on_side_stream(self, inputs, targets, weights) -> torch.Tensor:
         side = torch.cuda.Stream()
@@ -205,6 +236,21 @@ class TrainStep:
         self.copy_in(inputs, targets, weights)
         self.graph.replay()
         return self.static["loss"].clone()
+
+
+class ModelWithLoss(torch.nn.Module):
+    """The model and its loss as one module, for DistributedDataParallel to wrap: DDP then averages
+    the gradients of the loss's learnable parameters (DFL's gamma) with the model's, so they stay
+    the same on every process. Its buffers (PLM's histograms) are each process's own."""
+
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module, precision: Precision):
+        super().__init__()
+        self.model, self.criterion, self.precision = model, criterion, precision
+
+    def forward(self, inputs, targets, weights):
+        with self.precision.autocast():
+            logits = self.model(inputs)
+        return self.criterion(upcast(logits), targets, weights)
 
 
 def learning_rates_on_device(optimizer: torch.optim.Optimizer) -> None:

@@ -39,15 +39,19 @@ from imbalance_bench.checkpoint import (
 )
 from imbalance_bench.config import check_combinations, resolve_monitor, validate
 from imbalance_bench.data import DataBundle
-from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
+from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.data.jpeg_batch import batch_to_device
-from imbalance_bench.errors import ConfigError, ImbenchError
+from imbalance_bench.distributed import World, current_world, global_batch_rows
+from imbalance_bench.errors import ConfigError, DataError, ImbenchError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of, use_normed_classifier
+from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
 from imbalance_bench.report import format_summary
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
-from imbalance_bench.step import Precision, Switches, TrainStep, current_lr, to_memory_format
+from imbalance_bench.step import (
+    ModelWithLoss, Precision, Switches, TrainStep, current_lr, model_input, to_memory_format, upcast,
+)
 
 log = logging.getLogger("imbench")
 
@@ -71,9 +75,11 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
     """`run`, saying whether the run was trained, resumed or found complete already.
 
     A run directory whose metrics.json holds a completed run of this config is left as it is
-    (re-running a sweep skips its finished jobs); one with a checkpoint continues from it."""
+    (re-running a sweep skips its finished jobs); one with a checkpoint continues from it.
+    Under torchrun every process runs this with the same `run_dir`; only rank 0 writes there."""
     validate(cfg)
     check_combinations(cfg)
+    world = current_world()
     run_dir = Path(run_dir)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     done = completed_metrics(run_dir, resolved_config, cfg.trainer.resume)
@@ -84,26 +90,31 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
     checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device, world)
 
-    data = build_data(cfg, run_dir)
-    switches = resolve_switches(cfg, device, data)
+    with world.main_first():  # rank 0 writes any dataset cache (MultiMNIST) before the others read it
+        data = build_data(cfg, run_dir, world)
+    switches = resolve_switches(cfg, device, data, world)
     criterion, reweighting = build_loss(cfg, data, device)
-    model = build_model(cfg, data, criterion, device, switches.channels_last)
+    model = build_model(cfg, data, criterion, device, switches.channels_last, world)
     optimizer, scheduler = build_optimizer(cfg, model, criterion, switches)
 
     history = History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind))
     try:
         fit(cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches, run_dir, history,
-            resolved_config, checkpoint)
+            resolved_config, checkpoint, world)
     except TrainingDiverged as exc:
         # the checkpoints hold the last good epoch (the diverged one never reaches them)
-        write_json(run_dir / "metrics.json", summarize(cfg, resolved_config, data, history, device, switches, error=str(exc)))
+        if world.is_main:
+            write_json(run_dir / "metrics.json",
+                       summarize(cfg, resolved_config, data, history, device, switches, world, error=str(exc)))
+        world.barrier()  # every process saw the same losses; none exits before rank 0 has written
         raise
-    metrics = summarize(cfg, resolved_config, data, history, device, switches)
+    metrics = summarize(cfg, resolved_config, data, history, device, switches, world)
 
-    write_json(run_dir / "metrics.json", metrics)
-    log.info("results in %s\n%s", run_dir, format_summary(metrics))
+    if world.is_main:
+        write_json(run_dir / "metrics.json", metrics)
+        log.info("results in %s\n%s", run_dir, format_summary(metrics))
     return JobResult("trained" if checkpoint is None else "resumed", metrics)
 
 
@@ -152,7 +163,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(choice: str) -> torch.device:
+def resolve_device(choice: str, world: World = World()) -> torch.device:
+    """The run's device; under torchrun, `auto` and `cuda` take cuda:LOCAL_RANK (one GPU per process)."""
+    if world.distributed and choice != "cpu" and (choice != "auto" or torch.cuda.is_available()):
+        if choice not in ("auto", "cuda"):
+            raise ConfigError(f"trainer.device={choice} is not allowed under torchrun: each process takes "
+                              "cuda:LOCAL_RANK; use auto, cuda or cpu")
+        choice = f"cuda:{world.local_rank}"
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice.startswith("cuda"):
@@ -167,9 +184,14 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
+def build_data(cfg: DictConfig, run_dir: Path, world: World = World()) -> DataBundle:
     """Load the dataset and record its per-class counts and the exact subset drawn."""
     data: DataBundle = instantiate(cfg.dataset, _convert_="all")
+    if world.distributed and len(data.test) < world.size:
+        raise DataError(f"dataset={cfg.dataset.name}: the test split holds {len(data.test)} image(s), "
+                        f"fewer than the {world.size} processes that evaluate it; raise dataset.limit_test")
+    if not world.is_main:
+        return data
     write_json(run_dir / "dataset_stats.json", data.stats())
     write_json(run_dir / "subset_indices.json", data.subset_indices)
     log.info(
@@ -184,9 +206,10 @@ def build_data(cfg: DictConfig, run_dir: Path) -> DataBundle:
     return data
 
 
-def resolve_switches(cfg: DictConfig, device: torch.device, data: DataBundle) -> Switches:
+def resolve_switches(cfg: DictConfig, device: torch.device, data: DataBundle, world: World = World()) -> Switches:
     """The `trainer.*` performance switches for this device and dataset (auto = on for CUDA)."""
-    switches = Switches.resolve(cfg.trainer, device, in_memory=isinstance(data.train, ImageSplit))
+    switches = Switches.resolve(cfg.trainer, device, in_memory=isinstance(data.train, ImageSplit),
+                                processes=world.size)
     switches.apply()
     on = [name for name, value in vars(switches).items() if value is True]
     log.info("speed switches on %s: %s", device, ", ".join(on) or "none")
@@ -194,16 +217,20 @@ def resolve_switches(cfg: DictConfig, device: torch.device, data: DataBundle) ->
 
 
 def build_model(
-    cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss, device: torch.device, channels_last: bool = False
+    cfg: DictConfig, data: DataBundle, criterion: ClassificationLoss, device: torch.device, channels_last: bool = False,
+    world: World = World(),
 ) -> torch.nn.Module:
-    """The backbone sized to the dataset, with the head the loss asks for, its bias set to the loss's prior."""
+    """The backbone sized to the dataset, with the head the loss asks for, its bias set to the loss's
+    prior; in a DDP run its BatchNorm layers normalise over the whole global batch."""
     model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
     if criterion.normalized_classifier:
         use_normed_classifier(model)
     init_classifier_bias(model, criterion, data.num_classes)
+    if world.distributed:
+        model = synchronize_batchnorm(model, device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M parameters on %s", cfg.model.name, n_params / 1e6, device)
-    model = model.to(device)
+    model = model.to(device=device, dtype=getattr(torch, cfg.trainer.dtype))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -266,12 +293,14 @@ class History:
 def fit(
     cfg, data, model, criterion, reweighting, optimizer, scheduler, device, switches: Switches, run_dir: Path,
     history: History, resolved_config: dict[str, Any], checkpoint: dict[str, Any] | None = None,
+    world: World = World(),
 ) -> History:
     """Train for `trainer.epochs` (or until `trainer.max_steps`), evaluating and checkpointing each
-    epoch; from `checkpoint`'s epoch on when resuming."""
+    epoch; from `checkpoint`'s epoch on when resuming. In a DDP run every process goes through the
+    same steps on its part of each batch; rank 0 alone writes the run directory."""
     trainer = cfg.trainer
     generators = Generators.seeded(cfg.seed, device)
-    train_loader, test_loader = build_loaders(cfg, data, device, switches, generators.shuffle)
+    train_loader, test_loader = build_loaders(cfg, data, device, switches, generators.shuffle, world)
     precision = Precision(device, switches.amp, trainer.amp_dtype)
     start_epoch, position = 0, None
     if checkpoint is not None:
@@ -281,13 +310,18 @@ def fit(
             generators.shuffle.set_state(position.shuffle_state)
     compiled = torch.compile(model) if switches.compile else None
     train_step = TrainStep(
-        model, criterion, optimizer, precision, switches.channels_last, switches.cuda_graphs, compiled_model=compiled
+        model, criterion, optimizer, precision, switches.channels_last, switches.cuda_graphs, compiled_model=compiled,
+        ddp_module=wrap_for_ddp(model, criterion, precision, device) if world.distributed else None,
     )
-    writer = tensorboard_writer(run_dir, purge_step=start_epoch + 1 if checkpoint is not None else None)
-    rewrite_summary(run_dir, history.epochs)  # a resumed run keeps the rows of its checkpoint's epochs only
+    writer = None
+    if world.is_main:
+        writer = tensorboard_writer(run_dir, purge_step=start_epoch + 1 if checkpoint is not None else None)
+        rewrite_summary(run_dir, history.epochs)  # a resumed run keeps the rows of its checkpoint's epochs only
 
     def save_last(epoch_done: int, position: EpochPosition | None = None) -> Path:
         path = run_dir / "checkpoints" / "last.pt"
+        if not world.is_main:
+            return path
         save_checkpoint(path, {
             "epoch": epoch_done,
             "step": history.steps,
@@ -319,46 +353,67 @@ def fit(
             lr = current_lr(optimizer)
             result = train_one_epoch(
                 cfg, data, model, criterion, weights, train_loader, train_step, generators.augment, epoch,
-                history.steps, device, switches.sync_every, resume_at, stop_request,
+                history.steps, device, switches.sync_every, resume_at, stop_request, world,
             )
             history.steps = result.step
             if result.interrupted:
                 history.seconds += time.perf_counter() - epoch_started
                 path = save_last(epoch, EpochPosition(epoch, result.batches_done, shuffle_state, result.loss_total,
                                                       result.images))
+                world.barrier()  # no process exits (and gets its peers stopped) before the checkpoint is written
                 raise interrupted(f"step {result.step} (epoch {epoch + 1})", path)
             record = {"epoch": epoch + 1, "step": result.step, "lr": lr, "train_loss": result.mean_loss}
             # train_one_epoch ends on a read-back of the losses, so the device has finished the epoch
             record["train_s"] = round(time.perf_counter() - epoch_started, 4)
             record["train_images"] = result.images
             scheduler.step()
+            for counter in criterion.epoch_counters():  # each process counted its own part of the batches
+                world.all_reduce_sum(counter)
             loss_state = criterion.end_epoch()
             if loss_state:
                 record["loss_state"] = loss_state
             last = result.stop or epoch + 1 == trainer.epochs
             if (epoch + 1) % trainer.eval_every == 0 or last:
                 started = time.perf_counter()
-                record.update(evaluate(cfg, data, model, criterion, test_loader, precision, switches.channels_last, compiled))
+                record.update(evaluate(cfg, data, model, criterion, test_loader, precision, switches.channels_last, compiled,
+                                       world))
                 record["eval_s"] = round(time.perf_counter() - started, 4)
                 value = record[history.monitor]
                 if value is not None and value > history.best_value:
                     history.best_value, history.best_epoch = value, epoch + 1
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", {
-                        "epoch": epoch + 1, "monitor": history.monitor, "value": value, "model": model.state_dict(),
-                        "config": resolved_config,
-                    })
+                    if world.is_main:
+                        save_checkpoint(run_dir / "checkpoints" / "best.pt", {
+                            "epoch": epoch + 1, "monitor": history.monitor, "value": value,
+                            "model": model.state_dict(), "config": resolved_config,
+                        })
             history.epochs.append(record)
             history.finished = last
-            write_epoch(run_dir, writer, record, data.class_names)
+            if world.is_main:
+                write_epoch(run_dir, writer, record, data.class_names)
             log.info("%s", format_epoch(record, trainer.epochs))
             history.seconds += time.perf_counter() - epoch_started
             path = save_last(epoch + 1)
             if result.stop:
                 log.info("stopping at step %d (trainer.max_steps)", history.steps)
-            if stop_request.requested and not last:
+            if world.any(stop_request.requested, device) and not last:
+                world.barrier()
                 raise interrupted(f"epoch {epoch + 1}", path)
-    writer.close()
+    if writer is not None:
+        writer.close()
     return history
+
+
+def wrap_for_ddp(model, criterion, precision: Precision, device: torch.device):
+    """DistributedDataParallel around the model and its loss (step.ModelWithLoss). Buffers are not
+    broadcast from rank 0: BatchNorm's running statistics are the same on every process already
+    (synchronised BatchNorm), and PLM's histograms count each process's own rows."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        ModelWithLoss(model, criterion, precision),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+    )
 
 
 def restore(checkpoint, model, optimizer, scheduler, scaler, criterion, generators: Generators, history: History) -> int:
@@ -376,23 +431,32 @@ def restore(checkpoint, model, optimizer, scheduler, scaler, criterion, generato
     return int(checkpoint["epoch"])
 
 
-def build_loaders(cfg, data: DataBundle, device: torch.device, switches: Switches, shuffle_gen: torch.Generator):
+def build_loaders(
+    cfg, data: DataBundle, device: torch.device, switches: Switches, shuffle_gen: torch.Generator,
+    world: World = World(),
+):
     """Train (shuffled by `shuffle_gen`) and test batches: from device-resident copies of an in-memory
-    dataset (`trainer.data_on_device`), else through a DataLoader; both give the same batches."""
+    dataset (`trainer.data_on_device`), else through a DataLoader; both give the same batches.
+    In a DDP run each process gets its part of every train batch and its block of the test split."""
     trainer = cfg.trainer
     if switches.decode_on_device:
         for split in (data.train, data.test):
             split.decode_on(device)  # workers read bytes; batch_to_device decodes (COCO)
+    test = data.test
+    if world.distributed:
+        rows = world.rows(len(test))
+        test = split_part(test, rows.start, rows.stop)
     if switches.data_on_device:
         return (
-            DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, generator=shuffle_gen),
-            DeviceLoader(data.test, trainer.eval_batch_size, shuffle=False, device=device),
+            DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, generator=shuffle_gen,
+                         world=world),
+            DeviceLoader(test, trainer.eval_batch_size, shuffle=False, device=device),
         )
     pin = device.type == "cuda"
     return (
         make_loader(data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
-                    generator=shuffle_gen, pin_memory=pin),
-        make_loader(data.test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
+                    generator=shuffle_gen, pin_memory=pin, world=world),
+        make_loader(test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
                     pin_memory=pin),
     )
 
@@ -406,11 +470,13 @@ class LossTracker:
 
     One read-back per group keeps a GPU from waiting on the host every step; the guard still
     names the first step whose loss was not finite, and the running mean is the same sum in the
-    same order as a per-step read-back gives.
+    same order as a per-step read-back gives. In a DDP run each read-back first sums every
+    process's (loss x images, images) of each step, so all processes see the global batch's
+    loss, and stop together when it is not finite.
     """
 
-    def __init__(self, sync_every: int, epoch: int, lr: float):
-        self.sync_every, self.epoch, self.lr = sync_every, epoch, lr
+    def __init__(self, sync_every: int, epoch: int, lr: float, world: World = World()):
+        self.sync_every, self.epoch, self.lr, self.world = sync_every, epoch, lr, world
         self.pending: list[tuple[torch.Tensor, int, int]] = []
         self.total, self.seen = 0.0, 0
 
@@ -425,8 +491,13 @@ class LossTracker:
     def flush(self) -> None:
         if not self.pending:
             return
-        values = torch.stack([loss for loss, _, _ in self.pending]).tolist()
-        for value, (_, batch_size, step) in zip(values, self.pending):
+        values = torch.stack([loss for loss, _, _ in self.pending])
+        sizes = [batch_size for _, batch_size, _ in self.pending]
+        if self.world.distributed:
+            counts = torch.tensor(sizes, dtype=torch.float64, device=values.device)
+            totals = self.world.all_reduce_sum(torch.stack([values.double() * counts, counts]))
+            values, sizes = totals[0] / totals[1], [int(n) for n in totals[1].tolist()]
+        for value, batch_size, (_, _, step) in zip(values.tolist(), sizes, self.pending):
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"training diverged: loss is {value} at step {step} (epoch {self.epoch + 1}); "
@@ -457,13 +528,14 @@ class EpochResult:
 
 def train_one_epoch(
     cfg, data, model, criterion, weights, loader, train_step: TrainStep, augment_gen, epoch, step, device, sync_every,
-    resume_at: EpochPosition | None = None, stop_request: StopRequest | None = None,
+    resume_at: EpochPosition | None = None, stop_request: StopRequest | None = None, world: World = World(),
 ) -> EpochResult:
     """One pass over the train split, or the rest of it after `resume_at`; stops early, after the
-    current step, when `stop_request` is set."""
+    current step, when `stop_request` is set (in a DDP run: at the next loss read-back, where the
+    processes agree on it)."""
     model.train()
     criterion.train()
-    tracker = LossTracker(sync_every, epoch, current_lr(train_step.optimizer))
+    tracker = LossTracker(sync_every, epoch, current_lr(train_step.optimizer), world)
     skip = 0
     if resume_at is not None:
         skip, tracker.total, tracker.seen = resume_at.batches_done, resume_at.loss_total, resume_at.loss_seen
@@ -471,7 +543,7 @@ def train_one_epoch(
     done = 0
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
-        disable=not cfg.trainer.progress_bar, dynamic_ncols=True,
+        disable=not cfg.trainer.progress_bar or not world.is_main, dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     for images, targets in bar:
@@ -479,19 +551,33 @@ def train_one_epoch(
         if done <= skip:  # trained before the interruption; drawn again only to keep the order
             continue
         images, targets = batch_to_device(images, targets, device)
-        if len(images) == 0:  # every image of the batch was unreadable and skipped (COCO, bad_images=skip)
+        rows, loss_scale = None, 1.0
+        if world.distributed:
+            # this process's rows of the global batch, and its share of the batch's mean loss
+            rows = world.rows(min(cfg.trainer.batch_size, len(data.train) - (done - 1) * cfg.trainer.batch_size))
+            loss_scale = len(images) * world.size / rows.total
+            if len(images) == 0:  # every process must take part in each step
+                raise DataError(f"process {world.rank}: every image of its part of batch {done} was unreadable; "
+                                "a multi-process run cannot skip a step on one process only")
+        elif len(images) == 0:  # every image of the batch was unreadable and skipped (COCO, bad_images=skip)
             continue
-        inputs = data.transform(images, train=True, generator=augment_gen)
-        loss = train_step(inputs, targets, weights)
+        with global_batch_rows(rows):  # per-image draws (crops, flips, PLM masks) for the global batch
+            inputs = data.transform(images, train=True, generator=augment_gen)
+            loss = train_step(inputs, targets, weights, loss_scale)
         step += 1
-        if tracker.add(loss, len(images), step):
+        read_back = tracker.add(loss, len(images), step)
+        if read_back:
             bar.set_postfix(loss=f"{tracker.mean:.4f}", refresh=False)
         if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
             stop = True
             break
-        if stop_request is not None and stop_request.requested and done < len(loader):
-            interrupted = True
-            break
+        if stop_request is not None and done < len(loader):
+            asked = stop_request.requested
+            if world.distributed:
+                asked = read_back and world.any(asked, device)
+            if asked:
+                interrupted = True
+                break
     tracker.flush()
     bar.close()
     return EpochResult(step, stop, tracker.seen, tracker.total, done, interrupted)
@@ -499,35 +585,42 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    cfg, data: DataBundle, model, criterion, loader, precision, channels_last: bool = False, compiled_model=None
+    cfg, data: DataBundle, model, criterion, loader, precision, channels_last: bool = False, compiled_model=None,
+    world: World = World(),
 ) -> dict[str, Any]:
     """Scores on the whole test split, then every metric of its label kind.
 
     With a torch.compile'd model a short last batch is padded with blank images to the batch
     size (whose outputs are dropped), so one compiled shape serves the whole split: in eval mode
-    each image's output does not depend on the others in its batch."""
+    each image's output does not depend on the others in its batch. In a DDP run each process
+    scores its block of the split; the scores are gathered in order before any metric is computed."""
     model.eval()
     criterion.eval()
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     all_logits, all_targets, losses = [], [], []
     for images, targets in loader:
         images, targets = batch_to_device(images, targets, device)
         if len(images) == 0:
             continue
-        inputs = to_memory_format(data.transform(images, train=False), channels_last)
+        inputs = model_input(data.transform(images, train=False), dtype, channels_last)
         count = len(inputs)
         if compiled_model is not None and count < cfg.trainer.eval_batch_size:
             blank = inputs.new_zeros((cfg.trainer.eval_batch_size - count, *inputs.shape[1:]))
             inputs = to_memory_format(torch.cat([inputs, blank]), channels_last)
         with precision.autocast():
-            logits = (model if compiled_model is None else compiled_model)(inputs)[:count].float()
+            logits = upcast((model if compiled_model is None else compiled_model)(inputs)[:count])
         losses.append(criterion(logits, targets).double() * len(images))
         all_logits.append(logits)
         all_targets.append(targets)
+    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
+    total = torch.stack(losses).sum() if losses else torch.zeros((), dtype=torch.float64, device=device)
+    if world.distributed:
+        logits, targets = world.gather_rows(logits), world.gather_rows(targets)
+        total = world.all_reduce_sum(total.reshape(1))[0]
     # one read-back for the whole split
-    scores = np.nan_to_num(torch.cat(all_logits).cpu().numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
-    labels = torch.cat(all_targets).cpu().numpy()
-    total = float(torch.stack(losses).sum()) if losses else 0.0
+    scores = np.nan_to_num(logits.cpu().numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
+    labels = targets.cpu().numpy()
+    total = float(total)
     groups = {"many_shot_above": cfg.metrics.many_shot_above, "few_shot_below": cfg.metrics.few_shot_below}
     if data.label_kind == "multi":
         result = multi_label_metrics(labels, scores, data.train_class_counts, threshold=cfg.metrics.threshold, **groups)
@@ -606,7 +699,7 @@ def train_throughput(epochs: list[dict[str, Any]]) -> float | None:
 
 def summarize(
     cfg: DictConfig, resolved_config: dict[str, Any], data: DataBundle, history: History, device, switches: Switches,
-    error: str | None = None,
+    world: World = World(), error: str | None = None,
 ) -> dict[str, Any]:
     """The `metrics.json` record: the last and the best evaluated epoch, and what was run; with
     `error` (a diverged run) the status says so and the records are those of its good epochs."""
@@ -627,6 +720,7 @@ def summarize(
         "seed": cfg.seed,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": world.size,  # DDP processes (torchrun --nproc_per_node x nodes); 1 without torchrun
         "switches": dataclasses.asdict(switches),
         "monitor": history.monitor,
         "monitor_split": "test",

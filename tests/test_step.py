@@ -26,7 +26,7 @@ def trainer_node(**changes):
     node = {"amp": "auto", "amp_dtype": "bfloat16", "data_on_device": "auto", "decode_on_device": "auto",
             "channels_last": "auto",
             "fused_optimizer": "auto", "cuda_graphs": "auto", "cudnn_benchmark": "auto", "compile": "auto",
-            "sync_every": "auto", "deterministic": False}
+            "sync_every": "auto", "deterministic": False, "dtype": "float32"}
     return OmegaConf.create({**node, **changes})
 
 

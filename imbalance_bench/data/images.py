@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
+from imbalance_bench.distributed import World, batch_draw
+
 
 class ImageSplit(torch.utils.data.Dataset):
     """uint8 images (N, C, H, W) with integer labels (N,) or multi-hot targets (N, K).
@@ -75,8 +77,12 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
     """
     n, _, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
+
+    def offsets(count: int) -> torch.Tensor:
+        return torch.randint(0, 2 * padding + 1, (count,), generator=generator, device=images.device)
+
+    dy = batch_draw(offsets, n)
+    dx = batch_draw(offsets, n)
     rows = (dy[:, None] + torch.arange(h, device=images.device)[None, :])[:, :, None]  # (n, h, 1)
     cols = (dx[:, None] + torch.arange(w, device=images.device)[None, :])[:, None, :]  # (n, 1, w)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -85,8 +91,57 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    flip = batch_draw(lambda count: torch.rand(count, generator=generator, device=images.device), images.shape[0]) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+class SplitPart(torch.utils.data.Dataset):
+    """Rows [start, stop) of a batch-indexed split (a file-backed one such as COCO's): what one
+    process of several evaluates."""
+
+    def __init__(self, split, start: int, stop: int):
+        self.split, self.start, self.stop = split, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.split.image_shape
+
+    def __getitem__(self, positions):
+        return self.split[[self.start + int(p) for p in positions]]
+
+
+def split_part(split, start: int, stop: int):
+    """Rows [start, stop) of `split`; an in-memory split stays an ImageSplit (so it can live on the device)."""
+    if isinstance(split, ImageSplit):
+        return ImageSplit(split.images[start:stop], split.targets[start:stop])
+    return SplitPart(split, start, stop)
+
+
+def drops_trailing_batch(count: int, batch_size: int, shuffle: bool, processes: int = 1) -> bool:
+    """Whether a shuffled (training) pass drops its short trailing batch: when it holds a single
+    image (BatchNorm cannot train on one; it would crash the larger backbones), or fewer images
+    than there are processes (one would get none)."""
+    trailing = count % batch_size
+    return shuffle and count > 1 and 0 < trailing < max(2, processes)
+
+
+class ShardedBatchSampler:
+    """This process's rows (`World.rows`) of each batch of `batches`: every process draws the same
+    global batches from the same generator and keeps its own part."""
+
+    def __init__(self, batches: BatchSampler, world: World):
+        self.batches, self.world = batches, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            rows = self.world.rows(len(batch))
+            yield batch[rows.start : rows.stop]
 
 
 def make_loader(
@@ -96,18 +151,21 @@ def make_loader(
     num_workers: int,
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
+    world: World = World(),
 ) -> DataLoader:
-    """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`.
+    """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`; with several
+    processes, this process's part of each global batch of `batch_size`.
 
-    A shuffled (training) pass drops a trailing batch of exactly one image: BatchNorm cannot
-    train on it, and it would crash the larger backbones. With workers, their seeds (and so any
-    per-image randomness in them, e.g. COCO's crops) also come from `generator`, not the global RNG.
+    See `drops_trailing_batch` for the trailing batch of a shuffled pass. With workers, their seeds
+    (and so any per-image randomness in them, e.g. COCO's crops) also come from `generator`, not the
+    global RNG.
     """
     order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
-    drop_last = shuffle and len(split) > 1 and len(split) % batch_size == 1
+    drop_last = drops_trailing_batch(len(split), batch_size, shuffle, world.size)
+    batches = BatchSampler(order, batch_size=batch_size, drop_last=drop_last)
     return DataLoader(
         split,
-        sampler=BatchSampler(order, batch_size=batch_size, drop_last=drop_last),
+        sampler=ShardedBatchSampler(batches, world) if world.distributed else batches,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -120,8 +178,9 @@ class DeviceLoader:
     """Batches of an in-memory split copied once to `device` (uint8 images stay uint8 there).
 
     The same batches as `make_loader` with the same generator: one `randperm` per epoch drawn
-    on the host from `generator` (as RandomSampler draws it), the same trailing-singleton rule,
-    then each batch is an index into the device tensors, with no DataLoader and no host copy.
+    on the host from `generator` (as RandomSampler draws it), the same trailing-batch rule and
+    the same part of each batch per process, then each batch is an index into the device
+    tensors, with no DataLoader and no host copy.
     """
 
     def __init__(
@@ -131,14 +190,15 @@ class DeviceLoader:
         shuffle: bool,
         device: torch.device,
         generator: torch.Generator | None = None,
+        world: World = World(),
     ):
         self.images = split.images.to(device)
         self.targets = split.targets.to(device)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.generator = generator
-        n = len(self.images)
-        self.drop_last = shuffle and n > 1 and n % batch_size == 1
+        self.world = world
+        self.drop_last = drops_trailing_batch(len(self.images), batch_size, shuffle, world.size)
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -150,4 +210,6 @@ class DeviceLoader:
         order = order.to(self.images.device, non_blocking=True)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
+            rows = self.world.rows(len(index))
+            index = index[rows.start : rows.stop]
             yield self.images.index_select(0, index), self.targets.index_select(0, index)

@@ -58,6 +58,12 @@ class ClassificationLoss(nn.Module):
         """Called once before training with the train split's per-class (positive) counts and
         its size; losses with data-dependent state (PLM) set it up here."""
 
+    def epoch_counters(self) -> list[torch.Tensor]:
+        """Buffers that count over the epoch's training batches (PLM's histograms). In a DDP run
+        each process counts its own part of every batch; they are summed across processes
+        before `end_epoch`, so every process updates its state from the same totals."""
+        return []
+
     def end_epoch(self) -> dict[str, Any]:
         """Called after each training epoch: update epoch-level state and return what to log,
         as scalars (name -> float) or per-class lists (name -> list of C floats)."""

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
+from imbalance_bench.distributed import batch_draw
 from imbalance_bench.losses.base import SigmoidLoss, as_multi_hot, reduce_terms
 
 #: added to each bin of a normalised histogram before the KL divergence, so that an empty top
@@ -42,9 +43,12 @@ def keep_probabilities(class_ratio: torch.Tensor, target_ratio: torch.Tensor) ->
 
 def sample_keep_mask(positive: torch.Tensor, keep_pos: torch.Tensor, keep_neg: torch.Tensor) -> torch.Tensor:
     """A random (N, C) boolean mask: True keeps the term. Draws from torch's default generator
-    on the targets' device, so a global seed reproduces it. Keep probability 1 always keeps."""
+    on the targets' device, so a global seed reproduces it; in a DDP run, for the whole global
+    batch (`distributed.batch_draw`). Keep probability 1 always keeps."""
     keep_prob = torch.where(positive, keep_pos, keep_neg)
-    return torch.rand(positive.shape, device=positive.device) < keep_prob
+    num_classes = positive.shape[1]
+    draws = batch_draw(lambda count: torch.rand((count, num_classes), device=positive.device), positive.shape[0])
+    return draws < keep_prob
 
 
 def probability_bins(probs: torch.Tensor, bins: int) -> torch.Tensor:
@@ -205,6 +209,9 @@ class PartialLabelMasking(SigmoidLoss):
         self.hist_neg.view(-1).scatter_add_(0, flat_index, (~positive).reshape(-1).long())
         self.kept_pos += (keep & positive).sum(dim=0)
         self.kept_neg += (keep & ~positive).sum(dim=0)
+
+    def epoch_counters(self) -> list[torch.Tensor]:
+        return [self.hist_pos, self.hist_neg, self.kept_pos, self.kept_neg, *self.base.epoch_counters()]
 
     def end_epoch(self) -> dict[str, Any]:
         """Update r^ from this epoch's histograms, reset them, and return what to log."""
