@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
 from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
 from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
-from imbalance_bench.distributed import World, close_world, init_world, world_from_env
+from imbalance_bench.distributed import World, check_device, close_world, init_world, world_from_env
 from imbalance_bench.errors import EXIT_USER_ERROR, ConfigError, ImbenchError, print_user_error, user_message
 from imbalance_bench.runfiles import write_json
 
@@ -212,6 +212,7 @@ def preflight(argv: list[str]) -> list[list[str]]:
             cfg = compose_job(overrides)
             validate(cfg)
             check_combinations(cfg)
+            check_device(str(cfg.trainer.device), world)
     return jobs
 
 

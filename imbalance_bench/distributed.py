@@ -112,6 +112,16 @@ class World:
             self.barrier()
 
 
+def check_device(choice: str, world: World) -> None:
+    """`trainer.device` in a DDP run: each process takes its own GPU (cuda:LOCAL_RANK), so a fixed
+    cuda:N is refused."""
+    if world.distributed and choice.startswith("cuda:"):
+        from imbalance_bench.errors import ConfigError
+
+        raise ConfigError(f"trainer.device={choice} is not allowed under torchrun: each process takes "
+                          "cuda:LOCAL_RANK; use auto, cuda or cpu")
+
+
 def world_from_env() -> World:
     """The world torchrun describes in the environment (size 1 without torchrun)."""
     return World(

@@ -41,7 +41,7 @@ from imbalance_bench.config import check_combinations, resolve_monitor, validate
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.data.jpeg_batch import batch_to_device
-from imbalance_bench.distributed import World, current_world, global_batch_rows
+from imbalance_bench.distributed import World, check_device, current_world, global_batch_rows
 from imbalance_bench.errors import ConfigError, DataError, ImbenchError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
@@ -165,10 +165,8 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(choice: str, world: World = World()) -> torch.device:
     """The run's device; under torchrun, `auto` and `cuda` take cuda:LOCAL_RANK (one GPU per process)."""
-    if world.distributed and choice != "cpu" and (choice != "auto" or torch.cuda.is_available()):
-        if choice not in ("auto", "cuda"):
-            raise ConfigError(f"trainer.device={choice} is not allowed under torchrun: each process takes "
-                              "cuda:LOCAL_RANK; use auto, cuda or cpu")
+    check_device(choice, world)
+    if world.distributed and (choice == "cuda" or (choice == "auto" and torch.cuda.is_available())):
         choice = f"cuda:{world.local_rank}"
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -409,10 +407,13 @@ def wrap_for_ddp(model, criterion, precision: Precision, device: torch.device):
     (synchronised BatchNorm), and PLM's histograms count each process's own rows."""
     from torch.nn.parallel import DistributedDataParallel
 
+    # newer torch names the switch forward_sync_buffers (buffers are still synced once, at start:
+    # they are equal then anyway)
+    no_sync = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
     return DistributedDataParallel(
         ModelWithLoss(model, criterion, precision),
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
+        **({"forward_sync_buffers": False} if no_sync else {"broadcast_buffers": False}),
     )
 
 

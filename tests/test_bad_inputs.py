@@ -151,17 +151,34 @@ def test_a_launcher_without_its_plugin_names_the_extra(earlier_outputs, monkeypa
     assert_one_line(capsys.readouterr().err, "hydra/launcher=slurm", "pip install 'imbalance-bench[launchers]'")
 
 
-def test_torchrun_is_refused_until_ddp_is_supported(earlier_outputs, monkeypatch, capsys):
+TORCHRUN_CASES = [
+    (["-m", "loss=ce,bce"], "-m/--multirun under torchrun", "hydra/launcher=pack"),
+    (["trainer.device=cuda:1"], "trainer.device=cuda:1 is not allowed under torchrun", "use auto, cuda or cpu"),
+]
+
+
+@pytest.mark.parametrize("args,key,allowed", TORCHRUN_CASES, ids=[c[1] for c in TORCHRUN_CASES])
+def test_what_torchrun_cannot_do_is_one_line_before_any_process_group(args, key, allowed, earlier_outputs,
+                                                                       monkeypatch, capsys):
+    """Under torchrun (WORLD_SIZE > 1) a sweep, or one fixed GPU for every process, is refused by the
+    pre-flight checks, which run before the processes join a group (none is started here)."""
+    monkeypatch.chdir(earlier_outputs)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(cli, "hydra_app", lambda: pytest.fail("the pre-flight checks let it through"))
+    monkeypatch.setattr(cli, "init_world", lambda: pytest.fail("joined a process group before the checks"))
+    before = snapshot(earlier_outputs)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["loss=ce"])
+        cli.main(args)
     assert exit_info.value.code == EXIT_USER_ERROR
-    assert_one_line(capsys.readouterr().err, "WORLD_SIZE=2 (torchrun)", "hydra/launcher=pack")
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert_one_line(err, key, allowed)
+    assert snapshot(earlier_outputs) == before
 
 
 def test_the_cases_are_distinct_and_the_suite_has_at_least_25():
-    keys = [tuple(args) for args, _, _ in CONFIG_CASES] + [name for name, _ in FILE_CASES] + ["sigterm"]
+    keys = ([tuple(args) for args, _, _ in CONFIG_CASES] + [tuple(args) for args, _, _ in TORCHRUN_CASES]
+            + [name for name, _ in FILE_CASES] + ["sigterm"])
     assert len(set(keys)) == len(keys) >= 25
 
 

@@ -108,9 +108,9 @@ def test_divergence_keeps_the_last_good_checkpoints_and_records_its_status(compo
 
     original, calls = step_module.TrainStep.__call__, []
 
-    def poisoned(self, inputs, targets, weights):
+    def poisoned(self, inputs, targets, weights, loss_scale=1.0):
         calls.append(len(inputs))
-        loss = original(self, inputs, targets, weights)
+        loss = original(self, inputs, targets, weights, loss_scale)
         return loss * float("nan") if len(calls) == 8 else loss
 
     monkeypatch.setattr(step_module.TrainStep, "__call__", poisoned)
@@ -134,11 +134,11 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results
     whole = run(compose_cfg(overrides), tmp_path / "whole")
     original, calls = step_module.TrainStep.__call__, []
 
-    def signalled(self, inputs, targets, weights):
+    def signalled(self, inputs, targets, weights, loss_scale=1.0):
         calls.append(1)
         if len(calls) == 6:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, inputs, targets, weights)
+        return original(self, inputs, targets, weights, loss_scale)
 
     monkeypatch.setattr(step_module.TrainStep, "__call__", signalled)
     with pytest.raises(Interrupted, match=r"^stopped by SIGTERM after step 6 \(epoch 2\); checkpoint .*last\.pt"):

@@ -82,7 +82,7 @@ def _convert(module: nn.Module) -> nn.Module:
     if type(module) is nn.BatchNorm2d:
         replacement = AllReduceBatchNorm2d(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-            device=module.running_mean.device if module.running_mean is not None else None,
+            **_factory_kwargs(module),
         )
         replacement.load_state_dict(module.state_dict())
         replacement.train(module.training)
@@ -90,3 +90,8 @@ def _convert(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         module.add_module(name, _convert(child))
     return module
+
+
+def _factory_kwargs(module: nn.Module) -> dict:
+    tensors = list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
+    return {"device": tensors[0].device, "dtype": tensors[0].dtype} if tensors else {}
