@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -230,10 +231,16 @@ def join_ddp_run(argv: list[str], overrides: list[str], world: World) -> list[st
         with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             run_dir = str(compose_job(overrides).hydra.run.dir)
     run_dir = world.broadcast(run_dir)
-    replaced = (DDP_RUN_DIR, *(o.partition("=")[0] for o in DDP_QUIET))
+    quiet = () if world.is_main else DDP_QUIET
+    replaced = (DDP_RUN_DIR, *(o.partition("=")[0] for o in quiet))
     kept = [a for a in argv if a.lstrip("+").partition("=")[0] not in replaced]
-    escaped = run_dir.replace("\\", "\\\\").replace("'", "\\'")
-    return [*kept, f"{DDP_RUN_DIR}='{escaped}'", *(() if world.is_main else DDP_QUIET)]
+    return [*kept, f"{DDP_RUN_DIR}={hydra_quoted(run_dir)}", *quiet]
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a single-quoted Hydra override value: quotes escaped, and backslashes doubled only
+    where they precede a quote or the closing quote (Hydra's rule for quoted strings)."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
 
 
 def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -303,18 +304,43 @@ def one_process_run(tmp_path_factory, data_root) -> Path:
     return cwd / "run"
 
 
+@dataclass
+class StoppedAndResumed:
+    cwd: Path
+    dirs_after_stop: list[Path]  # the run directories the first, stopped, command left
+    stop_stderr: str
+    stopped_checkpoint: dict
+    run_dir: Path
+
+
 @pytest.fixture(scope="module")
-def two_process_cwd(tmp_path_factory, data_root) -> tuple[Path, subprocess.CompletedProcess]:
+def two_process_run(tmp_path_factory, data_root) -> StoppedAndResumed:
+    """`torchrun --nproc_per_node=2` without hydra.run.dir, stopped by SIGTERM to torchrun once the
+    epoch-1 checkpoint is written, then the same command with the run directory it made: the
+    comparisons below check DDP and its resume at once."""
     cwd = tmp_path_factory.mktemp("two")
-    proc = run_torchrun([*EQUIVALENCE, f"dataset.root={data_root}"], cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd, proc
+    args = [*EQUIVALENCE, f"dataset.root={data_root}"]
+    proc = subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(cwd.glob("outputs/*/*/checkpoints/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    dirs = [p for p in cwd.glob("outputs/*/*") if p.is_dir()]
+    assert len(dirs) == 1, (dirs, stderr[-3000:])
+    run_dir = dirs[0]
+    assert not (run_dir / "metrics.json").exists(), "the run ended before the signal: no resume was tested"
+    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    again = run_torchrun([*args, f"hydra.run.dir={run_dir}"], cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return StoppedAndResumed(cwd, dirs, stderr, stopped, run_dir)
 
 
-def test_two_processes_train_what_one_process_trains(one_process_run, two_process_cwd):
-    """Same global batch, seed and data: every epoch's losses and metrics, the final and best
-    records, and the final weights agree to float64 rounding."""
-    (two,) = run_dirs(two_process_cwd[0])
+def test_two_processes_train_what_one_process_trains(one_process_run, two_process_run):
+    """Same global batch, seed and data (the 2-process run stopped and resumed once): every epoch's
+    losses and metrics, the final and best records, and the final weights agree to float64 rounding."""
+    two = two_process_run.run_dir
     assert_close(summary_rows(one_process_run), summary_rows(two))
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (one_process_run, two)]
     assert metrics[0]["processes"] == 1 and metrics[1]["processes"] == 2
@@ -332,48 +358,31 @@ def test_two_processes_train_what_one_process_trains(one_process_run, two_proces
             assert torch.allclose(value, weights[1][key], rtol=1e-8, atol=1e-10), key
 
 
-def test_a_ddp_run_has_one_run_directory_written_by_rank_0(two_process_cwd):
-    """Without hydra.run.dir the processes would each resolve ${now:...}: rank 0's directory is the
-    only one; one log (rank 0's), one .hydra/, and each epoch logged once."""
-    cwd, proc = two_process_cwd
-    dirs = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
-    assert len(dirs) == 1, dirs
-    (run_dir,) = dirs
+def test_a_stopped_ddp_run_checkpoints_once_and_says_so_once(two_process_run):
+    """SIGTERM to torchrun reaches both processes; they agree on the step to stop at, rank 0 writes
+    the checkpoint (after epoch 1, or inside epoch 2 with its position) and prints the one line."""
+    errors = [line for line in two_process_run.stop_stderr.splitlines() if line.startswith("imbench: error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0], two_process_run.stop_stderr[-3000:]
+    stopped = two_process_run.stopped_checkpoint
+    assert stopped["epoch"] == 1 and (stopped["position"] is None or stopped["position"]["batches_done"] >= 1)
+    log = (two_process_run.run_dir / "imbench.log").read_text()
+    assert log.count("resuming after epoch 1") == 1
+
+
+def test_a_ddp_run_has_one_run_directory_written_by_rank_0(two_process_run):
+    """Without hydra.run.dir each process would resolve ${now:...} itself: rank 0's directory is the
+    only one, with one log (rank 0's), one .hydra/, one TensorBoard stream, and each epoch logged once."""
+    run_dir = two_process_run.run_dir
+    assert two_process_run.dirs_after_stop == [run_dir]
+    assert [p for p in two_process_run.cwd.glob("outputs/*/*") if p.is_dir()] == [run_dir]
     assert sorted(p.name for p in run_dir.iterdir()) == sorted([
         ".hydra", "checkpoints", "dataset_stats.json", "imbench.log", "metrics.json", "subset_indices.json",
         "summary.csv", "tensorboard"])
     log = (run_dir / "imbench.log").read_text()
-    assert [line.count("epoch 2/2") for line in log.splitlines() if "epoch 2/2" in line] == [1]
-    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
-    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
-    assert "hydra.run.dir" not in overrides  # the task's overrides are the user's
-
-
-def test_a_stopped_ddp_run_resumes_to_the_same_result(tmp_path, data_root, one_process_run):
-    """SIGTERM to torchrun after the first epoch: the processes agree to stop at the same step, rank 0
-    writes the checkpoint, the error is printed once; the same command then finishes the run, and it
-    ends where the uninterrupted one-process run ends."""
-    args = [*EQUIVALENCE, f"dataset.root={data_root}", "hydra.run.dir=run"]
-    proc = subprocess.Popen([*TORCHRUN, *args], cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert not (tmp_path / "run" / "metrics.json").exists(), "the run ended before the signal: nothing was tested"
-    errors = [line for line in stderr.splitlines() if line.startswith("imbench: error:")]
-    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0], stderr[-3000:]
-    stopped = torch.load(checkpoint, weights_only=False)
-    assert stopped["epoch"] >= 1
-
-    again = run_torchrun(args, tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming after epoch" in (tmp_path / "run" / "imbench.log").read_text()
-    assert_close(summary_rows(one_process_run), summary_rows(tmp_path / "run"))
-    finals = [json.loads((d / "metrics.json").read_text())["final"] for d in (one_process_run, tmp_path / "run")]
-    assert_close(finals[0], finals[1])
+    for epoch in ("epoch 1/2  lr", "epoch 2/2  lr"):
+        assert log.count(epoch) == 1, log
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 2  # one per launch
+    assert "hydra.run.dir" not in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the task's overrides
 
 
 def test_a_user_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
@@ -384,3 +393,23 @@ def test_a_user_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
     assert len(errors) == 1, proc.stderr[-3000:]
     assert str(tmp_path / "missing") in errors[0]
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_rank_0_resolves_the_run_directory_and_the_others_are_quiet(monkeypatch):
+    """The run directory goes to every process as one quoted override (whatever its characters);
+    processes other than rank 0 also get no .hydra/ and no log file, replacing the user's choice."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from imbalance_bench import cli
+
+    argv = ["loss=ce", "hydra.run.dir=runs/${now:%Y}/x", "hydra/job_logging=default"]
+    main = cli.join_ddp_run(argv, argv, World(0, 1))
+    assert main[:1] == ["loss=ce"] and len(main) == 3 and main[1] == "hydra/job_logging=default"
+    (parsed,) = OverridesParser.create().parse_overrides([main[-1]])
+    assert parsed.key_or_group == "hydra.run.dir" and parsed.value() == f"runs/{time.strftime('%Y')}/x"
+
+    monkeypatch.setattr(World, "broadcast", lambda self, value: "runs/a b'c\\d")
+    other = cli.join_ddp_run(argv, argv, World(1, 2))
+    assert other[0] == "loss=ce" and other[2:] == list(cli.DDP_QUIET)
+    (parsed,) = OverridesParser.create().parse_overrides([other[1]])
+    assert parsed.value() == "runs/a b'c\\d"
