@@ -26,6 +26,9 @@ from imbalance_bench.errors import ConfigError, DataError
 #: keys that may differ between the run that wrote a checkpoint and the one resuming from it (a run
 #: may continue on another GPU: a sweep's job N goes to GPU N mod the number of GPUs)
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers", "trainer.device")
+#: keys added to the config after runs were written, with the value those runs had: a saved config
+#: without the key is compared as if it held this value
+ADDED_KEYS = {"trainer.dtype": "float32"}
 
 
 @dataclass
@@ -42,11 +45,14 @@ class Generators:
 
 
 def rng_state(generators: Generators) -> dict[str, Any]:
+    device = generators.augment.device  # the training device
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        # the training GPU's own stream: in a DDP run each process restores it into its own GPU
+        "cuda_device": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "shuffle": generators.shuffle.get_state(),
         "augment": generators.augment.get_state(),
     }
@@ -58,6 +64,8 @@ def set_rng_state(state: dict[str, Any], generators: Generators) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda_device") is not None and generators.augment.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], generators.augment.device)
     generators.shuffle.set_state(state["shuffle"])
     generators.augment.set_state(state["augment"])
 
@@ -98,6 +106,9 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, leaving out those in RESUME_MAY_DIFFER."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)
+    for key, value in ADDED_KEYS.items():
+        if key not in flat_saved and key in flat_current:
+            flat_saved[key] = value
     keys = sorted(set(flat_saved) | set(flat_current))
     return [k for k in keys if k not in RESUME_MAY_DIFFER and flat_saved.get(k) != flat_current.get(k)]
 
@@ -143,13 +154,15 @@ class Interrupted(Exception):
 class StopRequest:
     """Turns SIGTERM and SIGINT (what SLURM sends before pre-emption, and Ctrl-C) and SIGUSR2 (what
     SLURM sends ahead of a time limit when asked, as submitit does) into a request that the loop
-    reads after each step; a second signal stops at once. The handlers in place before are put
-    back on exit (submitit's SIGUSR2 handler, which requeues the job, among them)."""
+    reads after each step; a second signal stops at once, unless `escalate` is false (a DDP run,
+    where one SIGTERM may reach a process twice: from SLURM and again from torchrun). The handlers
+    in place before are put back on exit (submitit's SIGUSR2 handler, which requeues the job, among them)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
-    def __init__(self):
+    def __init__(self, escalate: bool = True):
         self.signal: int | None = None
+        self.escalate = escalate
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -163,9 +176,14 @@ class StopRequest:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
+        if self.signal is not None and self.escalate:
             raise KeyboardInterrupt
-        self.signal = signum
+        self.signal = self.signal or signum
+
+    def adopt(self, signum: int) -> None:
+        """Take `signum` (another process's signal, agreed across a DDP run) as this process's request."""
+        if signum and self.signal is None:
+            self.signal = signum
 
     @property
     def requested(self) -> bool:

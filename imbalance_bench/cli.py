@@ -34,8 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
 from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
 from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
-from imbalance_bench.distributed import World, check_device, close_world, init_world, world_from_env
-from imbalance_bench.errors import EXIT_USER_ERROR, ConfigError, ImbenchError, print_user_error, user_message
+from imbalance_bench.distributed import World, check_ddp, close_world, init_world, world_from_env
+from imbalance_bench.errors import (
+    EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
+)
 from imbalance_bench.runfiles import write_json
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -46,15 +48,16 @@ SWEEP_SUMMARY = "sweep.json"  # <sweep dir>/sweep.json: every job's outcome, wri
 OUTCOMES = ("trained", "resumed", "complete", "failed")  # the order of the summary line
 
 
-def say_error(message: str) -> None:
-    """`imbench: error: MESSAGE` on stderr, from rank 0 only in a DDP run (the others hit the same error)."""
-    if world_from_env().is_main:
+def say_error(message: str, this_process_only: bool = False) -> None:
+    """`imbench: error: MESSAGE` on stderr; in a DDP run from rank 0 alone (every process meets the
+    same error), unless the error is `this_process_only`."""
+    if this_process_only or world_from_env().is_main:
         print_user_error("imbench", message)
 
 
-def fail(message: str) -> None:
+def fail(message: str, this_process_only: bool = False) -> None:
     """Print one line to stderr and exit with the user-error code."""
-    say_error(message)
+    say_error(message, this_process_only)
     raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -79,7 +82,7 @@ def hydra_app(cfg: DictConfig) -> float:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except ImbenchError as exc:
         if not sweeping:
-            fail(user_message(exc))
+            fail(user_message(exc), this_process_only=isinstance(exc, ProcessError))
         return job_failed(hydra_cfg, user_message(exc))
     except Exception as exc:
         if not sweeping:
@@ -213,7 +216,7 @@ def preflight(argv: list[str]) -> list[list[str]]:
             cfg = compose_job(overrides)
             validate(cfg)
             check_combinations(cfg)
-            check_device(str(cfg.trainer.device), world)
+            check_ddp(cfg, world)
     return jobs
 
 

@@ -70,11 +70,14 @@ class World:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def any(self, flag: bool, device: torch.device | str = "cpu") -> bool:
-        """True on every process when `flag` is true on any one of them."""
+    def max(self, value: int) -> int:
+        """The largest of the processes' `value`s, on every process. A CPU tensor (gloo, also next
+        to NCCL), so asking every step does not make a GPU wait."""
         if not self.distributed:
-            return flag
-        return bool(self.all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+            return value
+        tensor = torch.tensor([int(value)], dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every process's rows of `tensor` (the same trailing shape on each), concatenated in rank order."""
@@ -83,12 +86,12 @@ class World:
         count = torch.tensor([len(tensor)], device=tensor.device)
         counts = [torch.zeros_like(count) for _ in range(self.size)]
         dist.all_gather(counts, count)
-        longest = int(max(c.item() for c in counts))
-        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        lengths = torch.cat(counts).tolist()
+        padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
         padded[: len(tensor)] = tensor
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded.contiguous())
-        return torch.cat([part[: int(c.item())] for part, c in zip(parts, counts)])
+        return torch.cat([part[:length] for part, length in zip(parts, lengths)])
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value` (any picklable object), on every process."""
@@ -104,12 +107,32 @@ class World:
 
     @contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. builds and caches a dataset), then the others."""
+        """Rank 0 runs the block first (e.g. builds and caches a dataset), then the others. If rank 0
+        fails in it, it exits without the barrier, and torchrun stops the processes waiting there."""
         if self.distributed and not self.is_main:
             self.barrier()
         yield
         if self.distributed and self.is_main:
             self.barrier()
+
+
+def check_ddp(cfg, world: World) -> None:
+    """What a config needs in a DDP run, checked by every process before any joins the group (they
+    all see the same config and machine, so they all fail alike and rank 0 says why): one GPU per
+    process on a machine, and at least one image of each batch per process."""
+    from imbalance_bench.errors import ConfigError
+
+    if not world.distributed:
+        return
+    check_device(str(cfg.trainer.device), world)
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.trainer.device in ("auto", "cuda") and gpus and per_machine > gpus:
+        raise ConfigError(f"torchrun --nproc_per_node={per_machine} is not allowed here: {gpus} CUDA device(s) "
+                          "visible, one per process; start at most that many processes per machine")
+    if cfg.trainer.batch_size < world.size:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not allowed with {world.size} processes: "
+                          "each process needs at least one image of every batch (the batch is the global one)")
 
 
 def check_device(choice: str, world: World) -> None:

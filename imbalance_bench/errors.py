@@ -22,6 +22,11 @@ class DataError(ImbenchError):
     """A dataset file is missing or unreadable; the message names the file."""
 
 
+class ProcessError(DataError):
+    """A failure of one process of a DDP run only (the others do not meet it): that process prints
+    it, where errors every process meets are printed by rank 0 alone."""
+
+
 def user_message(exc: BaseException) -> str:
     """The one line to show for a user error.
 

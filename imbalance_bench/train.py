@@ -42,7 +42,7 @@ from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.data.jpeg_batch import batch_to_device
 from imbalance_bench.distributed import World, check_device, current_world, global_batch_rows
-from imbalance_bench.errors import ConfigError, DataError, ImbenchError
+from imbalance_bench.errors import ConfigError, DataError, ImbenchError, ProcessError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of, use_normed_classifier
@@ -302,7 +302,8 @@ def fit(
     precision = Precision(device, switches.amp, trainer.amp_dtype)
     start_epoch, position = 0, None
     if checkpoint is not None:
-        start_epoch = restore(checkpoint, model, optimizer, scheduler, precision.scaler, criterion, generators, history)
+        start_epoch = restore(checkpoint, model, optimizer, scheduler, precision.scaler, criterion, generators, history,
+                              world)
         if checkpoint.get("position") is not None:  # stopped inside that epoch: redraw its batch order
             position = EpochPosition(**checkpoint["position"])
             generators.shuffle.set_state(position.shuffle_state)
@@ -339,7 +340,7 @@ def fit(
         return Interrupted(f"stopped by {stop_request.name} after {where}; checkpoint {path}; "
                            "run the same command again to resume", stop_request.signal)
 
-    with StopRequest() as stop_request:
+    with StopRequest(escalate=not world.distributed) as stop_request:
         for epoch in range(start_epoch, trainer.epochs):
             if history.finished:
                 break
@@ -356,6 +357,8 @@ def fit(
             history.steps = result.step
             if result.interrupted:
                 history.seconds += time.perf_counter() - epoch_started
+                for counter in criterion.epoch_counters():  # the checkpoint holds the whole run's counts
+                    world.all_reduce_sum(counter)
                 path = save_last(epoch, EpochPosition(epoch, result.batches_done, shuffle_state, result.loss_total,
                                                       result.images))
                 world.barrier()  # no process exits (and gets its peers stopped) before the checkpoint is written
@@ -393,7 +396,8 @@ def fit(
             path = save_last(epoch + 1)
             if result.stop:
                 log.info("stopping at step %d (trainer.max_steps)", history.steps)
-            if world.any(stop_request.requested, device) and not last:
+            stop_request.adopt(world.max(stop_request.signal or 0))  # a collective: every process, every epoch
+            if stop_request.requested and not last:
                 world.barrier()
                 raise interrupted(f"epoch {epoch + 1}", path)
     if writer is not None:
@@ -417,13 +421,21 @@ def wrap_for_ddp(model, criterion, precision: Precision, device: torch.device):
     )
 
 
-def restore(checkpoint, model, optimizer, scheduler, scaler, criterion, generators: Generators, history: History) -> int:
-    """Load a `last.pt` into the run's objects; returns the epoch it was written after."""
+def restore(
+    checkpoint, model, optimizer, scheduler, scaler, criterion, generators: Generators, history: History,
+    world: World = World(),
+) -> int:
+    """Load a `last.pt` into the run's objects; returns the epoch it was written after. The loss's
+    epoch counters in it are the whole run's (summed over processes): in a DDP run rank 0 carries
+    them on and the others start from zero, so the epoch-end sum counts them once."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
     criterion.load_state_dict(checkpoint["loss"])
+    if not world.is_main:
+        for counter in criterion.epoch_counters():
+            counter.zero_()
     for key, value in checkpoint["history"].items():
         setattr(history, key, value)
     set_rng_state(checkpoint["rng"], generators)
@@ -558,25 +570,23 @@ def train_one_epoch(
             rows = world.rows(min(cfg.trainer.batch_size, len(data.train) - (done - 1) * cfg.trainer.batch_size))
             loss_scale = len(images) * world.size / rows.total
             if len(images) == 0:  # every process must take part in each step
-                raise DataError(f"process {world.rank}: every image of its part of batch {done} was unreadable; "
-                                "a multi-process run cannot skip a step on one process only")
+                raise ProcessError(f"process {world.rank}: every image of its part of batch {done} was unreadable; "
+                                   "a multi-process run cannot skip a step on one process only")
         elif len(images) == 0:  # every image of the batch was unreadable and skipped (COCO, bad_images=skip)
             continue
         with global_batch_rows(rows):  # per-image draws (crops, flips, PLM masks) for the global batch
             inputs = data.transform(images, train=True, generator=augment_gen)
             loss = train_step(inputs, targets, weights, loss_scale)
         step += 1
-        read_back = tracker.add(loss, len(images), step)
-        if read_back:
+        if tracker.add(loss, len(images), step):
             bar.set_postfix(loss=f"{tracker.mean:.4f}", refresh=False)
         if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
             stop = True
             break
         if stop_request is not None and done < len(loader):
-            asked = stop_request.requested
-            if world.distributed:
-                asked = read_back and world.any(asked, device)
-            if asked:
+            if world.distributed:  # a collective every step (on the CPU): the processes stop at the same step
+                stop_request.adopt(world.max(stop_request.signal or 0))
+            if stop_request.requested:
                 interrupted = True
                 break
     tracker.flush()
@@ -613,6 +623,9 @@ def evaluate(
         losses.append(criterion(logits, targets).double() * len(images))
         all_logits.append(logits)
         all_targets.append(targets)
+    if not all_logits:  # a DDP process whose block had no readable image (COCO, bad_images=skip)
+        all_logits.append(torch.empty(0, data.num_classes, device=device, dtype=torch.promote_types(dtype, torch.float32)))
+        all_targets.append(empty_targets(data, device))
     logits, targets = torch.cat(all_logits), torch.cat(all_targets)
     total = torch.stack(losses).sum() if losses else torch.zeros((), dtype=torch.float64, device=device)
     if world.distributed:
@@ -630,6 +643,12 @@ def evaluate(
     test_loss = total / max(len(labels), 1)
     result["test_loss"] = test_loss if np.isfinite(test_loss) else None
     return result
+
+
+def empty_targets(data: DataBundle, device: torch.device) -> torch.Tensor:
+    """No targets, in the shape and dtype the test split's batches have."""
+    _, targets = data.test[[0]]
+    return targets[:0].to(device)
 
 
 # ------------------------------------------------------------------ write

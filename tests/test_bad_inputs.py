@@ -154,6 +154,7 @@ def test_a_launcher_without_its_plugin_names_the_extra(earlier_outputs, monkeypa
 TORCHRUN_CASES = [
     (["-m", "loss=ce,bce"], "-m/--multirun under torchrun", "hydra/launcher=pack"),
     (["trainer.device=cuda:1"], "trainer.device=cuda:1 is not allowed under torchrun", "use auto, cuda or cpu"),
+    (["trainer.batch_size=1"], "trainer.batch_size=1 is not allowed with 2 processes", "at least one image"),
 ]
 
 

@@ -146,7 +146,7 @@ def _collectives(rank: int, size: int, rendezvous: str, out: str) -> None:
         "running_mean": (synced.running_mean - plain.running_mean).abs().max().item(),
         "running_var": (synced.running_var - plain.running_var).abs().max().item(),
         "gathered": world.gather_rows(torch.arange(rows.start, rows.stop)).tolist(),
-        "any": [world.any(rank == 1), world.any(False)],
+        "max": [world.max(7 * rank), world.max(0)],
         "sum": world.all_reduce_sum(torch.tensor([rank + 1.0])).item(),
         "broadcast": world.broadcast({"dir": f"from rank {rank}"}),
     }
@@ -165,7 +165,7 @@ def test_synchronised_batchnorm_and_the_collectives_on_two_gloo_processes(tmp_pa
         for key in ("output", "input_grad", "weight_grad", "bias_grad", "running_mean", "running_var"):
             assert result[key] < 1e-12, (rank, key, result[key])
         assert result["gathered"] == list(range(7))
-        assert result["any"] == [True, False]
+        assert result["max"] == [7, 0]
         assert result["sum"] == 3.0
         assert result["broadcast"] == {"dir": "from rank 0"}
 
@@ -413,3 +413,43 @@ def test_rank_0_resolves_the_run_directory_and_the_others_are_quiet(monkeypatch)
     assert other[0] == "loss=ce" and other[2:] == list(cli.DDP_QUIET)
     (parsed,) = OverridesParser.create().parse_overrides([other[1]])
     assert parsed.value() == "runs/a b'c\\d"
+
+
+def test_resumed_processes_count_the_checkpoints_epoch_counts_once():
+    """A checkpoint written inside an epoch holds PLM's histograms summed over the processes: on
+    resume rank 0 carries them on and the others start from zero, so the epoch-end sum is the
+    whole run's count whatever the number of processes."""
+    from dataclasses import asdict
+
+    from imbalance_bench.checkpoint import Generators, rng_state
+    from imbalance_bench.losses import create_loss
+    from imbalance_bench.train import History, restore
+
+    def fresh():
+        model = torch.nn.Linear(2, 3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+        criterion = create_loss("plm", base="bce", bins=4, lr=0.1, bce=dict(name="bce"))
+        criterion.prepare([5, 2, 1], 9)
+        return model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), criterion
+
+    model, optimizer, scheduler, scaler, criterion = fresh()
+    criterion.hist_pos.fill_(3)
+    criterion.kept_neg.fill_(2)
+    generators = Generators.seeded(0, torch.device("cpu"))
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                  "scaler": scaler.state_dict(), "loss": criterion.state_dict(), "rng": rng_state(generators),
+                  "history": asdict(History(monitor="map")), "epoch": 1, "step": 4}
+    for world, count in ((World(0, 2), 3), (World(1, 2), 0), (World(), 3)):
+        model, optimizer, scheduler, scaler, criterion = fresh()
+        restore(checkpoint, model, optimizer, scheduler, scaler, criterion, generators, History(monitor="map"), world)
+        assert criterion.hist_pos.eq(count).all() and criterion.kept_neg.eq(2 if count else 0).all()
+        assert criterion.target_ratio.tolist() == pytest.approx([5 / 4, 2 / 7, 1 / 8])  # state, not counts: kept
+
+
+def test_a_run_written_before_trainer_dtype_existed_compares_as_float32():
+    from imbalance_bench.checkpoint import config_differences
+
+    old = {"trainer": {"epochs": 2}, "seed": 0}
+    assert config_differences(old, {"trainer": {"epochs": 2, "dtype": "float32"}, "seed": 0}) == []
+    assert config_differences(old, {"trainer": {"epochs": 2, "dtype": "float64"}, "seed": 0}) == ["trainer.dtype"]

@@ -10,9 +10,13 @@ parameter and buffer names, so checkpoints move freely between one process and s
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+log = logging.getLogger("imbench")
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -72,10 +76,20 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
 
 
 def synchronize_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` with every BatchNorm2d computing its statistics over all processes (see the module doc)."""
+    """`model` with its BatchNorm layers computing their statistics over all processes (see the
+    module doc). On CUDA timm's converter, which also keeps the activation of timm's fused
+    BatchNorm+activation layers; on the CPU BatchNorm2d only, with a warning for other kinds."""
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert(model)
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    model = _convert(model)
+    others = sorted({type(m).__name__ for m in model.modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, AllReduceBatchNorm2d)})
+    if others:
+        log.warning("BatchNorm layers of type %s are not synchronised across processes on the CPU: each "
+                    "normalises by its own part of the batch", ", ".join(others))
+    return model
 
 
 def _convert(module: nn.Module) -> nn.Module:
