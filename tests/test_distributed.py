@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import IMBENCH, imbench_environment
+from conftest import imbench_environment
 from imbalance_bench.data.images import BatchTransform, DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.distributed import World, global_batch_rows, split_rows
 from imbalance_bench.losses.plm import sample_keep_mask
@@ -259,10 +259,6 @@ def environment(threads: int = 1) -> dict[str, str]:
     return {**imbench_environment(), "OMP_NUM_THREADS": str(threads)}
 
 
-def run_one_process(args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*IMBENCH, *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=300)
-
-
 def run_torchrun(args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*TORCHRUN, *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=300)
 
@@ -298,10 +294,17 @@ def assert_close(one, two, rel: float = 1e-7, path: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory, data_root) -> Path:
-    cwd = tmp_path_factory.mktemp("one")
-    proc = run_one_process([*EQUIVALENCE, f"dataset.root={data_root}", "hydra.run.dir=run"], cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd / "run"
+    """The same run in one process (in this one: the same code as the CLI's, without its start-up)."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+    from imbalance_bench.train import run
+
+    run_dir = tmp_path_factory.mktemp("one") / "run"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*EQUIVALENCE, f"dataset.root={data_root}"])
+    run(cfg, run_dir)
+    return run_dir
 
 
 @dataclass

@@ -43,7 +43,9 @@ def method_of(cfg) -> dict:
 
 
 # the Cui table's dry run is also run, cell by cell, by test_cui_table_covers_every_cell_of_the_published_table
-@pytest.mark.parametrize("table, runs", [pytest.param("cui2019_table2", 72, marks=pytest.mark.slow), ("cao2019_table2", 48),
+# the Cao table's dry run is slow too (48 runs); its presets are checked cell by cell by test_cao_row_presets_*
+@pytest.mark.parametrize("table, runs", [pytest.param("cui2019_table2", 72, marks=pytest.mark.slow),
+                                         pytest.param("cao2019_table2", 48, marks=pytest.mark.slow),
                                          ("plm_multimnist", 4), ("focal_coco_f2", 6)])
 def test_dry_run_prints_every_run_and_the_count(table, runs, tmp_path):
     result = run_script(table, "--dry-run", cwd=tmp_path)
