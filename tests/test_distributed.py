@@ -307,6 +307,17 @@ def one_process_run(tmp_path_factory, data_root) -> Path:
     return run_dir
 
 
+def stop_after_first_checkpoint(args: list[str], cwd: Path) -> str:
+    """Start `torchrun ... ARGS` in `cwd`, SIGTERM it once a last.pt exists; returns its stderr."""
+    proc = subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(cwd.glob("**/checkpoints/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)[1]
+
+
 @dataclass
 class StoppedAndResumed:
     cwd: Path
@@ -323,13 +334,7 @@ def two_process_run(tmp_path_factory, data_root) -> StoppedAndResumed:
     comparisons below check DDP and its resume at once."""
     cwd = tmp_path_factory.mktemp("two")
     args = [*EQUIVALENCE, f"dataset.root={data_root}"]
-    proc = subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not list(cwd.glob("outputs/*/*/checkpoints/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = stop_after_first_checkpoint(args, cwd)
     dirs = [p for p in cwd.glob("outputs/*/*") if p.is_dir()]
     assert len(dirs) == 1, (dirs, stderr[-3000:])
     run_dir = dirs[0]
@@ -359,6 +364,23 @@ def test_two_processes_train_what_one_process_trains(one_process_run, two_proces
         assert value.dtype == weights[1][key].dtype
         if value.is_floating_point():
             assert torch.allclose(value, weights[1][key], rtol=1e-8, atol=1e-10), key
+
+
+@pytest.mark.slow
+def test_a_ddp_checkpoint_resumes_in_one_process(tmp_path, data_root, one_process_run):
+    """The checkpoint of a stopped 2-process run holds nothing per process: one process finishes the
+    run where the uninterrupted one-process run ends."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+    from imbalance_bench.train import run_job
+
+    stderr = stop_after_first_checkpoint([*EQUIVALENCE, f"dataset.root={data_root}", "hydra.run.dir=run"], tmp_path)
+    assert not (tmp_path / "run" / "metrics.json").exists(), stderr[-3000:]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*EQUIVALENCE, f"dataset.root={data_root}"])
+    assert run_job(cfg, tmp_path / "run").outcome == "resumed"
+    assert_close(summary_rows(one_process_run), summary_rows(tmp_path / "run"))
 
 
 def test_a_stopped_ddp_run_checkpoints_once_and_says_so_once(two_process_run):
