@@ -22,8 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
-#: the environment torchrun sets for each process
-TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from imbalance_bench.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,6 @@ def check_ddp(cfg, world: World) -> None:
     """What a config needs in a DDP run, checked by every process before any joins the group (they
     all see the same config and machine, so they all fail alike and rank 0 says why): one GPU per
     process on a machine, and at least one image of each batch per process."""
-    from imbalance_bench.errors import ConfigError
-
     if not world.distributed:
         return
     check_device(str(cfg.trainer.device), world)
@@ -139,8 +136,6 @@ def check_device(choice: str, world: World) -> None:
     """`trainer.device` in a DDP run: each process takes its own GPU (cuda:LOCAL_RANK), so a fixed
     cuda:N is refused."""
     if world.distributed and choice.startswith("cuda:"):
-        from imbalance_bench.errors import ConfigError
-
         raise ConfigError(f"trainer.device={choice} is not allowed under torchrun: each process takes "
                           "cuda:LOCAL_RANK; use auto, cuda or cpu")
 
@@ -156,9 +151,7 @@ def world_from_env() -> World:
 
 def current_world() -> World:
     """The world of this process once `init_world` has joined the process group, else a single process."""
-    if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    return World()
+    return world_from_env() if dist.is_available() and dist.is_initialized() else World()
 
 
 def init_world() -> World:
