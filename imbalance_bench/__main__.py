@@ -1,6 +1,20 @@
-"""`python -m imbalance_bench` is the same app as the `imbench` console script."""
+"""`python -m imbalance_bench` and the `imbench` console script.
 
-from imbalance_bench.cli import main
+The stop-signal handlers go in before the heavy imports (torch, Hydra), so that a SIGTERM or
+Ctrl-C during start-up also ends with one line and exit code 75 (signals.py).
+"""
+
+from imbalance_bench.signals import Interrupted, report_stop, stop_at_once
+
+
+def main() -> None:
+    try:
+        with stop_at_once():
+            from imbalance_bench.cli import main as cli_main
+    except Interrupted as exc:
+        raise SystemExit(report_stop("imbench", exc)) from None
+    cli_main()
+
 
 if __name__ == "__main__":
     main()

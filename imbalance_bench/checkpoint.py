@@ -11,8 +11,6 @@ Randomness inside DataLoader workers (COCO's crops) is the exception: workers ar
 from __future__ import annotations
 
 import random
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,59 +134,3 @@ class EpochPosition:
     shuffle_state: torch.Tensor  # the shuffle generator at the epoch's start: it redraws the same order
     loss_total: float  # the epoch's running loss sum and count so far
     loss_seen: int
-
-
-#: exit code of a run stopped by SIGTERM / SIGINT after writing its checkpoint (EX_TEMPFAIL: try again)
-EXIT_INTERRUPTED = 75
-
-
-class Interrupted(Exception):
-    """The run stopped on SIGTERM / SIGINT / SIGUSR2 after its checkpoint was written; the message says
-    how to go on, `signum` which signal it was."""
-
-    def __init__(self, message: str, signum: int | None = None):
-        super().__init__(message)
-        self.signum = signum
-
-
-class StopRequest:
-    """Turns SIGTERM and SIGINT (what SLURM sends before pre-emption, and Ctrl-C) and SIGUSR2 (what
-    SLURM sends ahead of a time limit when asked, as submitit does) into a request that the loop
-    reads after each step; a second signal stops at once, unless `escalate` is false (a DDP run,
-    where one SIGTERM may reach a process twice: from SLURM and again from torchrun). The handlers
-    in place before are put back on exit (submitit's SIGUSR2 handler, which requeues the job, among them)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-
-    def __init__(self, escalate: bool = True):
-        self.signal: int | None = None
-        self.escalate = escalate
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None and self.escalate:
-            raise KeyboardInterrupt
-        self.signal = self.signal or signum
-
-    def adopt(self, signum: int) -> None:
-        """Take `signum` (another process's signal, agreed across a DDP run) as this process's request."""
-        if signum and self.signal is None:
-            self.signal = signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signal).name if self.signal is not None else ""

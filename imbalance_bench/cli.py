@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -32,12 +34,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
-from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
 from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
 from imbalance_bench.distributed import World, check_ddp, close_world, init_world, world_from_env
 from imbalance_bench.errors import (
-    EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
+    EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
 )
+from imbalance_bench.signals import (
+    SIGNALS, Interrupted, received, report_stop, signal_name, stop_at_once, stopped_now,
+)
+from imbalance_bench.rundir import check_writable
 from imbalance_bench.runfiles import write_json
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -45,7 +50,7 @@ log = logging.getLogger("imbench")
 FAILED_JOBS: list[str] = []  # jobs of the current multirun that failed
 JOB_RECORDS = ".jobs"  # <sweep dir>/.jobs/<job num>.json: what each job of the current sweep did
 SWEEP_SUMMARY = "sweep.json"  # <sweep dir>/sweep.json: every job's outcome, written when the sweep ends
-OUTCOMES = ("trained", "resumed", "complete", "failed")  # the order of the summary line
+OUTCOMES = ("trained", "resumed", "complete", "failed", "stopped")  # the order of the summary line
 
 
 def say_error(message: str, this_process_only: bool = False) -> None:
@@ -66,20 +71,38 @@ def hydra_app(cfg: DictConfig) -> float:
     """The Hydra task: run one job and return the monitored metric (for Hydra sweepers).
 
     In a sweep a job that fails (a user error, or a crash whose traceback goes to the job's
-    traceback.txt) does not stop the others; each job leaves a record that SweepReport sums up."""
-    from imbalance_bench.train import run_job
-
+    traceback.txt) does not stop the others; each job leaves a record that SweepReport sums up.
+    A stop signal stops the whole sweep: the running jobs checkpoint, the others do not start."""
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    if sweeping and "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
-        pin_to_gpu(cfg, int(hydra_cfg.job.num))
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if sweeping:
+        if "joblib" in launcher:
+            pin_to_gpu(cfg, int(hydra_cfg.job.num))
+            SweepStop.ignore_between_jobs()
+        stopped_by = SweepStop.requested(Path(hydra_cfg.sweep.dir))
+        if stopped_by is not None:
+            record_job(hydra_cfg, "stopped", f"not started: the sweep was stopped by {stopped_by}")
+            return float("nan")
     try:
-        result = run_job(cfg, output_dir)
+        with stop_at_once():
+            try:
+                from imbalance_bench.train import run_job
+
+                result = run_job(cfg, output_dir)
+            except Exception:
+                if received() is not None:  # the stop came out as another error (signals.py)
+                    raise stopped_now(received()) from None
+                raise
     except Interrupted as exc:  # SIGTERM / SIGINT / SIGUSR2: the whole command stops, sweep included
-        say_error(str(exc))
-        hand_over_to_scheduler(exc.signum)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        if not sweeping:
+            raise  # main prints its line
+        if "submitit" in launcher:  # one SLURM job per sweep job: it ends here, and may be requeued
+            say_error(str(exc))
+            hand_over_to_scheduler(exc.signum)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        return job_stopped(hydra_cfg, exc)
     except ImbenchError as exc:
         if not sweeping:
             fail(user_message(exc), this_process_only=isinstance(exc, ProcessError))
@@ -91,10 +114,22 @@ def hydra_app(cfg: DictConfig) -> float:
         trace.parent.mkdir(parents=True, exist_ok=True)
         trace.write_text(traceback.format_exc())
         return job_failed(hydra_cfg, f"crashed with {type(exc).__name__}: {_first_line(exc)} (traceback in {trace})")
+    finally:
+        close_job_log(output_dir)
     if sweeping:
         record_job(hydra_cfg, result.outcome)
     value = result.metrics["final"][result.metrics["monitor"]]
     return float("nan") if value is None else float(value)
+
+
+def close_job_log(output_dir: Path) -> None:
+    """Detach the log file Hydra opened in the job's folder: Hydra logs the next job's launch line
+    before it configures that job's log, which would otherwise land in this job's imbench.log."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == output_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
 
 
 def device_for_job(choice: str, job_num: int, device_count: int) -> str:
@@ -143,6 +178,107 @@ def job_failed(hydra_cfg, message: str) -> float:
     return float("nan")
 
 
+def job_stopped(hydra_cfg, exc: Interrupted) -> float:
+    """A job of a local sweep stopped by a signal (after its checkpoint): the sweep stops with it."""
+    sys.stderr.write(f"imbench: job #{hydra_cfg.job.num}: {exc}\n")
+    SweepStop.request(Path(hydra_cfg.sweep.dir), signal_name(exc.signum) if exc.signum else "a signal")
+    record_job(hydra_cfg, "stopped", str(exc))
+    return float("nan")
+
+
+class SweepStop:
+    """A stop signal to a local sweep (basic or joblib launcher) stops all of it, and nothing is lost.
+
+    In the launching process the signal is not fatal: it leaves `<sweep dir>/.jobs/stop`, which keeps
+    the jobs not yet started from starting, and is passed on to the joblib workers, where each
+    running job checkpoints and stops like a single run. The sweep then ends as usual, with its
+    summary line and sweep.json, the workers are shut down, and `imbench` exits 75."""
+
+    MARKER = "stop"
+    sweep_dir: Path | None = None
+    signal: str | None = None  # the signal that stopped the sweep, once one did
+    _previous: dict = {}
+
+    @classmethod
+    def start(cls, sweep_dir: Path) -> None:
+        import signal
+
+        cls.sweep_dir, cls.signal = sweep_dir, None
+        (sweep_dir / JOB_RECORDS / cls.MARKER).unlink(missing_ok=True)
+        os.environ[SWEEP_PARENT] = str(os.getpid())  # the joblib workers started from here inherit it
+        if threading.current_thread() is threading.main_thread():
+            cls._previous = {s: signal.signal(s, cls._handle) for s in SIGNALS}
+
+    @classmethod
+    def end(cls) -> None:
+        import signal
+
+        for signum, handler in cls._previous.items():
+            signal.signal(signum, handler)
+        cls._previous = {}
+        shut_down_workers()
+        if cls.sweep_dir is not None:
+            cls.signal = cls.requested(cls.sweep_dir)
+
+    @classmethod
+    def _handle(cls, signum, frame) -> None:
+        """Between the jobs of an in-process sweep, and in the process that launched joblib's workers
+        (a job in this process handles the signal itself: see hydra_app)."""
+        cls.request(cls.sweep_dir, signal_name(signum))
+        for pid in joblib_worker_pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    @classmethod
+    def request(cls, sweep_dir: Path, name: str) -> None:
+        marker = sweep_dir / JOB_RECORDS / cls.MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            marker.write_text(name + "\n")
+
+    @staticmethod
+    def requested(sweep_dir: Path) -> str | None:
+        """The signal that stopped the sweep in `sweep_dir`, or None."""
+        try:
+            return (sweep_dir / JOB_RECORDS / SweepStop.MARKER).read_text().strip() or "a signal"
+        except OSError:
+            return None
+
+    @staticmethod
+    def ignore_between_jobs() -> None:
+        """In a joblib worker: a stop signal between two jobs must not kill the worker (joblib would
+        then abort the sweep); the launching process has already kept the next jobs from starting."""
+        import signal
+
+        if os.environ.get(SWEEP_PARENT) not in (None, str(os.getpid())):
+            for signum in SIGNALS:
+                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                    signal.signal(signum, signal.SIG_IGN)
+
+
+SWEEP_PARENT = "IMBENCH_SWEEP_PARENT"  # the PID of the process that launched the sweep
+
+
+def joblib_worker_pids() -> list[int]:
+    """The PIDs of this process's joblib (loky) worker processes."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor
+    return list(getattr(executor, "_processes", {}) or {}) if executor is not None else []
+
+
+def shut_down_workers() -> None:
+    """Stop joblib's reusable worker processes, so that none outlives the sweep."""
+    if "joblib" not in sys.modules:
+        return
+    from joblib.externals.loky import reusable_executor
+
+    if reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True)
+
+
 class SweepReport(Callback):
     """At the end of a multirun, in the launching process: one line counting the jobs that were
     trained, resumed, found complete (skipped) and failed, and `sweep.json` with every job's
@@ -151,6 +287,8 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         for record in (Path(config.hydra.sweep.dir) / JOB_RECORDS).glob("*.json"):
             record.unlink()  # left by an earlier run of a sweep into the same folder
+        if "submitit" not in str(config.hydra.launcher.get("_target_", "")):
+            SweepStop.start(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -162,28 +300,49 @@ class SweepReport(Callback):
         log.info("sweep %s: %d job(s): %s", sweep_dir, len(jobs),
                  ", ".join(f"{n} {labels.get(outcome, outcome)}" for outcome, n in counts.items()))
         FAILED_JOBS.extend(f"#{job['job']} ({job['overrides']})" for job in jobs if job["outcome"] == "failed")
+        SweepStop.end()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: pre-flight checks, then hand over to Hydra."""
+    """Console entry point: pre-flight checks, then hand over to Hydra. A stop signal at any point
+    ends the command with one line and exit code 75 (signals.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with stop_at_once():
+        try:
+            try:
+                run_command(argv)
+            except Exception:
+                if received() is not None:  # the stop came out as another error (signals.py)
+                    raise stopped_now(received()) from None
+                raise
+        except Interrupted as exc:
+            raise SystemExit(report_stop("imbench", exc) if world_from_env().is_main else EXIT_INTERRUPTED) from None
+
+
+def run_command(argv: list[str]) -> None:
     world = world_from_env()
     try:
         jobs = preflight(argv)
         if world.distributed and jobs:
             argv = join_ddp_run(argv, jobs[0], init_world())
-    except ConfigError as exc:
+    except ImbenchError as exc:
         fail(str(exc))
     finally:
         GlobalHydra.instance().clear()
     sys.argv = [sys.argv[0]] + argv
     FAILED_JOBS.clear()
+    SweepStop.sweep_dir = SweepStop.signal = None
     try:
         hydra_app()
     finally:
         close_world()
+    failed = f"{len(FAILED_JOBS)} job(s) of the sweep failed (their errors are above): {'; '.join(FAILED_JOBS)}"
+    if SweepStop.signal is not None:
+        raise Interrupted(f"stopped by {SweepStop.signal}: the sweep's running jobs wrote their checkpoints and the "
+                          f"others did not start{'; ' + failed if FAILED_JOBS else ''}; run the same command "
+                          "again to resume the sweep")
     if FAILED_JOBS:
-        fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed (their errors are above): {'; '.join(FAILED_JOBS)}")
+        fail(failed)
 
 
 # ------------------------------------------------------------------ pre-flight
@@ -217,6 +376,9 @@ def preflight(argv: list[str]) -> list[list[str]]:
             validate(cfg)
             check_combinations(cfg)
             check_ddp(cfg, world)
+            if not args.cfg:  # a run: Hydra makes its folder first thing, so check it can before
+                key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+                check_writable(Path(str(OmegaConf.select(cfg, key))), key)
     return jobs
 
 

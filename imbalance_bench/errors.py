@@ -5,7 +5,9 @@ import re
 import sys
 from typing import NoReturn
 
-EXIT_USER_ERROR = 2
+#: exit codes of imbench and imbench-report
+EXIT_USER_ERROR = 2  # a mistake the user can fix; the one line says which
+EXIT_INTERRUPTED = 75  # stopped by a signal, with what was done saved (EX_TEMPFAIL: run it again)
 
 _CLASS_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Diverged): ")
 

@@ -124,6 +124,7 @@ class Run:
 class Skipped:
     path: Path
     reason: str
+    damaged: bool = False  # a file that is there but cannot be read as it should: warned about by name
 
 
 @dataclass
@@ -221,6 +222,33 @@ def column_of(metrics: dict, stats: dict, config: dict) -> Column:
     return Column(metrics["dataset"], factor, "exp" if factor == 1 else kind)
 
 
+def malformed_metrics(metrics: dict) -> str | None:
+    """What in a metrics.json record does not have the type the report reads (docs: README, Run
+    outputs), or None: a hand-edited or foreign file is skipped, not a crash half-way through a report."""
+    def number(value) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    for key in ("dataset", "model", "loss", "reweight", "label_kind", "monitor"):
+        if key in metrics and not isinstance(metrics[key], str):
+            return f"{key} is {metrics[key]!r}, not a string"
+    if not number(metrics.get("seed")):
+        return f"seed is {metrics['seed']!r}, not a number"
+    for key in ("config",):
+        if key in metrics and not isinstance(metrics[key], dict):
+            return f"{key} is not an object"
+    for record_key in ("final", "best"):
+        record = metrics.get(record_key)
+        if record is None:
+            continue
+        if not isinstance(record, dict):
+            return f"{record_key} is {record!r}, not an object"
+        for key, value in record.items():
+            values = value if isinstance(value, list) else [value]
+            if key != "loss_state" and not all(number(v) for v in values):
+                return f"{record_key}.{key} is {value!r}, not a number"
+    return None
+
+
 def read_run(path: Path) -> Run | Skipped:
     """One run directory, or the reason it cannot enter the table."""
     path = Path(path)
@@ -229,7 +257,10 @@ def read_run(path: Path) -> Run | Skipped:
     try:
         metrics = _read_json(path / "metrics.json")
     except (OSError, ValueError) as exc:
-        return Skipped(path, f"unreadable metrics.json: {str(exc).splitlines()[0]}")
+        return Skipped(path, f"unreadable metrics.json: {str(exc).splitlines()[0]}", damaged=True)
+    problem = malformed_metrics(metrics)
+    if problem is not None:
+        return Skipped(path, f"malformed metrics.json: {problem}", damaged=True)
     if metrics.get("schema_version") != 1:
         return Skipped(path, f"metrics.json schema_version {metrics.get('schema_version')!r} (this report reads 1)")
     if metrics.get("status") != "completed":
@@ -239,14 +270,14 @@ def read_run(path: Path) -> Run | Skipped:
         try:
             stats = _read_json(path / "dataset_stats.json")
         except (OSError, ValueError) as exc:
-            return Skipped(path, f"unreadable dataset_stats.json: {str(exc).splitlines()[0]}")
+            return Skipped(path, f"unreadable dataset_stats.json: {str(exc).splitlines()[0]}", damaged=True)
     if (path / ".hydra" / "config.yaml").exists():
         import yaml
 
         try:
             config = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            return Skipped(path, f"unreadable .hydra/config.yaml: {str(exc).splitlines()[0]}")
+            return Skipped(path, f"unreadable .hydra/config.yaml: {str(exc).splitlines()[0]}", damaged=True)
     return Run(path, metrics, stats, config, method_keys(metrics, config))
 
 

@@ -13,13 +13,30 @@ from typing import Any, Iterable
 import torch
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, flush and fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, flush and fsync, then rename over `path`.
+    The file ends with the mode a plain open() gives (0644 under umask 022): mkstemp's is 0600,
+    which colleagues on a shared cluster could not read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,8 +29,6 @@ from tqdm.auto import tqdm
 from imbalance_bench.checkpoint import (
     EpochPosition,
     Generators,
-    Interrupted,
-    StopRequest,
     config_differences,
     find_checkpoint,
     load_checkpoint,
@@ -48,7 +47,9 @@ from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, singl
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
 from imbalance_bench.report import format_summary
+from imbalance_bench.rundir import check_outputs, check_writable, claimed, remove_leftovers, write_hydra_record
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
+from imbalance_bench.signals import Interrupted, StopRequest, set_stage
 from imbalance_bench.step import (
     ModelWithLoss, Precision, Switches, TrainStep, current_lr, model_input, to_memory_format, upcast,
 )
@@ -74,21 +75,40 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
     """`run`, saying whether the run was trained, resumed or found complete already.
 
-    A run directory whose metrics.json holds a completed run of this config is left as it is
-    (re-running a sweep skips its finished jobs); one with a checkpoint continues from it.
+    The run directory is this process's for the whole run (a second process in it is refused). One
+    whose metrics.json holds a completed run of this config is left as it is (re-running a sweep skips
+    its finished jobs); one with a checkpoint continues from it; a run that is refused (another
+    config's results, a checkpoint of another config, a folder it cannot write) changes nothing there.
     Under torchrun every process runs this with the same `run_dir`; only rank 0 writes there."""
     validate(cfg)
     check_combinations(cfg)
     world = current_world()
     run_dir = Path(run_dir)
-    resolved_config = OmegaConf.to_container(cfg, resolve=True)
-    done = completed_metrics(run_dir, resolved_config, cfg.trainer.resume)
-    if done is not None:
-        log.info("%s: already complete (metrics.json of this config); nothing to run\n%s", run_dir, format_summary(done))
-        return JobResult("complete", done)
-    checkpoint_path = find_checkpoint(cfg, run_dir)
-    checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
+    check_writable(run_dir, "hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    resolved_config = OmegaConf.to_container(cfg, resolve=True)
+    with claimed(run_dir, world) as lock:
+        done = completed_metrics(run_dir, resolved_config, cfg.trainer.resume)
+        if done is not None:
+            log.info("%s: already complete (metrics.json of this config); nothing to run\n%s", run_dir,
+                     format_summary(done))
+            return JobResult("complete", done)
+        checkpoint_path = find_checkpoint(cfg, run_dir)
+        checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
+        if world.is_main:
+            check_outputs(run_dir)
+            lock.announce()
+            remove_leftovers(run_dir)
+            if HydraConfig.initialized():
+                write_hydra_record(run_dir, cfg)
+        metrics = train_and_write(cfg, run_dir, resolved_config, checkpoint, world)
+    return JobResult("trained" if checkpoint is None else "resumed", metrics)
+
+
+def train_and_write(cfg: DictConfig, run_dir: Path, resolved_config: dict[str, Any],
+                    checkpoint: dict[str, Any] | None, world: World) -> dict[str, Any]:
+    """Build, fit (from `checkpoint` when resuming), evaluate and write metrics.json; returns its record."""
+    set_stage("reading the data")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device, world)
 
@@ -110,12 +130,12 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
                        summarize(cfg, resolved_config, data, history, device, switches, world, error=str(exc)))
         world.barrier()  # every process saw the same losses; none exits before rank 0 has written
         raise
+    set_stage("writing the results")
     metrics = summarize(cfg, resolved_config, data, history, device, switches, world)
-
     if world.is_main:
         write_json(run_dir / "metrics.json", metrics)
         log.info("results in %s\n%s", run_dir, format_summary(metrics))
-    return JobResult("trained" if checkpoint is None else "resumed", metrics)
+    return metrics
 
 
 def completed_metrics(run_dir: Path, resolved_config: dict[str, Any], resume) -> dict[str, Any] | None:

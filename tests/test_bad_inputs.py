@@ -25,7 +25,8 @@ from coco_files import write_coco
 from conftest import IMBENCH, imbench_environment, run_imbench
 from dataset_files import write_cifar10, write_mnist_from_digits
 from imbalance_bench import cli
-from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
+from imbalance_bench.errors import EXIT_INTERRUPTED
+from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import EXIT_USER_ERROR
 
 

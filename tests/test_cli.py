@@ -142,14 +142,15 @@ def test_sigusr2_is_handed_on_to_the_handler_that_was_there_before(monkeypatch):
     the run passes SIGUSR2 on to it; SIGTERM is not passed on, and nothing is without a handler."""
     import signal
 
-    from imbalance_bench.checkpoint import StopRequest
     from imbalance_bench.cli import hand_over_to_scheduler
+    from imbalance_bench.signals import Interrupted, StopRequest
 
     received = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
     try:
-        with StopRequest() as stop:
-            signal.raise_signal(signal.SIGUSR2)
+        with pytest.raises(Interrupted, match="^stopped by SIGUSR2 at the end of training"):
+            with StopRequest() as stop:
+                signal.raise_signal(signal.SIGUSR2)  # a request the loop never read stops the command on exit
         assert stop.name == "SIGUSR2" and received == []  # the run's handler took it while it trained
         hand_over_to_scheduler(signal.SIGTERM)
         assert received == []

@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from imbalance_bench.checkpoint import EXIT_INTERRUPTED, Interrupted
+from imbalance_bench.errors import EXIT_INTERRUPTED
+from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import ConfigError, DataError
 from imbalance_bench.train import TrainingDiverged, run
 

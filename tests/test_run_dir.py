@@ -1,0 +1,351 @@
+"""A run directory belongs to one process, a refused run changes nothing in it, files follow the
+umask, and a stop signal at any point ends the command with one line and exit code 75.
+
+Runs go in-process through `cli.main` unless the behaviour needs a process of its own (start-up
+signals, kill -9, a packed sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import IMBENCH, SMOKE, imbench_environment
+from test_bad_inputs import snapshot
+from imbalance_bench import cli
+from imbalance_bench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from imbalance_bench.rundir import LOCK_FILE, RunDirLock, remove_leftovers
+from imbalance_bench.runfiles import atomic_write_bytes, write_json
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    """`imbench ARGS` in this process: (exit code, stderr)."""
+    capsys.readouterr()
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def smoke(data_root):
+    """The overrides of a CPU smoke run of the main job on the tiny MNIST files."""
+    return [*SMOKE, f"dataset.root={data_root}", "dataset.limit_train=200", "dataset.limit_test=50"]
+
+
+# ------------------------------------------------------------------ a refused run touches nothing
+
+
+def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(smoke, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "metrics.json").is_file()
+    assert not (run_dir / LOCK_FILE).exists()  # the lock goes with the run
+    before = snapshot(run_dir)
+
+    code, err = run_cli(capsys, *smoke, "loss.gamma=1.5", f"hydra.run.dir={run_dir}")
+
+    assert code == EXIT_USER_ERROR
+    assert "holds a completed run of another config (differs in loss.gamma)" in last_line(err)
+    assert snapshot(run_dir) == before  # .hydra/ and imbench.log included: byte for byte, no file added
+
+
+def test_a_sweep_rerun_with_its_values_reordered_relabels_nothing(smoke, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    code, err = run_cli(capsys, "-m", *smoke, "loss=ce,bce", "reweight=none", f"hydra.sweep.dir={sweep}")
+    assert code == 0, err
+    jobs = {name: snapshot(sweep / name) for name in ("0", "1")}
+    assert "- loss=ce" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+
+    code, err = run_cli(capsys, "-m", *smoke, "loss=bce,ce", "reweight=none", f"hydra.sweep.dir={sweep}")
+
+    assert code == EXIT_USER_ERROR
+    assert "2 job(s) of the sweep failed" in last_line(err) and "differs in loss" in err
+    assert {name: snapshot(sweep / name) for name in ("0", "1")} == jobs
+
+
+# ------------------------------------------------------------------ one run directory, one process
+
+
+def test_a_second_process_in_a_busy_run_directory_is_refused_naming_the_holder(smoke, tmp_path, capsys):
+    """The holder is another process holding the lock (flock): imbench exits 2 naming its PID and host,
+    and writes nothing."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from imbalance_bench.rundir import RunDirLock; "
+         "lock = RunDirLock(sys.argv[1]).acquire(); lock.announce(); print('held', flush=True); time.sleep(60)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True, env=imbench_environment())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(run_dir)
+        code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == EXIT_USER_ERROR
+    line = last_line(err)
+    assert f"in use by PID {holder.pid} on {socket.gethostname()}" in line and str(run_dir) in line
+    assert snapshot(run_dir) == before
+
+
+def test_a_lock_left_by_a_killed_run_never_blocks(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from imbalance_bench.rundir import RunDirLock; "
+         "lock = RunDirLock(sys.argv[1]).acquire(); lock.announce(); print('held', flush=True); time.sleep(60)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True, env=imbench_environment())
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert f"PID {holder.pid}" in (run_dir / LOCK_FILE).read_text()  # left behind, as kill -9 leaves it
+    with RunDirLock(run_dir) as lock:
+        lock.announce()
+        assert f"PID {os.getpid()}" in (run_dir / LOCK_FILE).read_text()
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_killed_run_resumes_and_its_leftover_temporary_files_are_removed(smoke, tmp_path, capsys):
+    """kill -9 in the middle of training: the lock it held does not block the same command, which
+    resumes from the checkpoint and removes the `.tmp` files of the atomic writes it cut short."""
+    run_dir = tmp_path / "run"
+    args = [*smoke, "trainer.epochs=4", "trainer.max_steps=null", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([*IMBENCH, *args], cwd=tmp_path, env=imbench_environment(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and (run_dir / LOCK_FILE).exists()
+    leftover = run_dir / "checkpoints" / ".last.pt.abc123.tmp"  # as a kill during the write leaves it
+    leftover.write_bytes(b"half a checkpoint")
+
+    code, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "resuming after epoch" in (run_dir / "imbench.log").read_text()
+    assert not leftover.exists() and not (run_dir / LOCK_FILE).exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 4
+
+
+def test_default_run_directories_of_launches_in_the_same_second_differ(compose_cfg):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        dirs = [str(compose(config_name="config", return_hydra_config=True).hydra.run.dir) for _ in range(2)]
+    assert dirs[0] != dirs[1] and dirs[0].rpartition("-")[2].isdigit() and len(dirs[0].rpartition("-")[2]) == 6
+
+
+# ------------------------------------------------------------------ the run directory can be written
+
+
+def test_a_run_directory_under_a_file_is_one_line_before_anything_runs(smoke, tmp_path, capsys, monkeypatch):
+    (tmp_path / "taken").write_text("a file\n")
+    monkeypatch.setattr(cli, "hydra_app", lambda: pytest.fail("the pre-flight checks let it through"))
+    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={tmp_path / 'taken' / 'run'}")
+    assert code == EXIT_USER_ERROR
+    assert last_line(err) == (f"imbench: error: hydra.run.dir={tmp_path / 'taken' / 'run'} cannot be used: "
+                              f"{tmp_path / 'taken'} is a file, not a folder; choose another folder")
+
+
+def test_a_run_directory_name_too_long_is_one_line(smoke, tmp_path, capsys):
+    code, err = run_cli(capsys, "-m", *smoke, f"hydra.sweep.dir={tmp_path / ('x' * 300)}")
+    assert code == EXIT_USER_ERROR
+    assert "hydra.sweep.dir=" in last_line(err) and "longer than 255 bytes" in last_line(err)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches to another user for the check (needs root)")
+def test_a_run_directory_without_write_permission_is_one_line(smoke, capsys):
+    """As an ordinary user (nobody), a folder of mode 0555: refused before anything runs."""
+    top = Path(tempfile.mkdtemp())
+    try:
+        top.chmod(0o755)
+        (top / "read_only").mkdir(mode=0o555)
+        (top / "read_only").chmod(0o555)
+        os.seteuid(65534)
+        try:
+            code, err = run_cli(capsys, *smoke, f"hydra.run.dir={top / 'read_only' / 'run'}", "--cfg", "job")
+            assert code == 0  # printing the config needs no folder
+            code, err = run_cli(capsys, *smoke, f"hydra.run.dir={top / 'read_only' / 'run'}")
+        finally:
+            os.seteuid(0)
+    finally:
+        subprocess.run(["rm", "-rf", str(top)], check=True)
+    assert code == EXIT_USER_ERROR
+    assert f"permission denied: cannot write in {top / 'read_only'}" in last_line(err)
+
+
+def test_a_folder_where_metrics_json_goes_is_found_before_training(smoke, tmp_path, capsys, monkeypatch):
+    import imbalance_bench.train as train_module
+
+    run_dir = tmp_path / "run"
+    (run_dir / "metrics.json").mkdir(parents=True)
+    monkeypatch.setattr(train_module, "build_data", lambda *a, **k: pytest.fail("data read before the check"))
+    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    assert code == EXIT_USER_ERROR
+    assert last_line(err) == (f"imbench: error: {run_dir / 'metrics.json'} is a folder, where the run writes a "
+                              "file; move it away or use another run directory")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json"]
+
+
+# ------------------------------------------------------------------ files follow the umask
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_writes_end_with_the_mode_of_a_plain_open(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        with open(tmp_path / "plain", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(previous)
+    for name in ("a.bin", "metrics.json", "plain"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_leftovers_are_only_the_temporary_files_of_atomic_writes(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / ".metrics.json.x1.tmp", tmp_path / "checkpoints" / ".best.pt.y2.tmp"]
+    kept = [tmp_path / "notes.tmp", tmp_path / "metrics.json", tmp_path / "checkpoints" / "last.pt"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert sorted(remove_leftovers(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+
+# ------------------------------------------------------------------ stop signals anywhere
+
+
+@pytest.mark.parametrize("signum, word", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
+def test_a_signal_during_start_up_is_one_line_and_exit_75(tmp_path, signum, word):
+    proc = subprocess.Popen([*IMBENCH, "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                            env=imbench_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # importing torch and Hydra takes seconds
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert last_line(stderr) == (f"imbench: stopped by {word} during start-up; run the same command again to "
+                                 "start or resume the run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
+def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path, capsys, monkeypatch, signum):
+    import imbalance_bench.train as train_module
+
+    original = train_module.instantiate
+
+    def signal_during_dataset(node, **kwargs):
+        if "_target_" in node and "data" in str(node["_target_"]):
+            os.kill(os.getpid(), signum)
+        return original(node, **kwargs)
+
+    monkeypatch.setattr(train_module, "instantiate", signal_during_dataset)
+    run_dir = tmp_path / "run"
+    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    assert code == EXIT_INTERRUPTED
+    assert last_line(err) == (f"imbench: stopped by {signal.Signals(signum).name} during reading the data; run the "
+                              "same command again to start or resume the run")
+    assert not (run_dir / LOCK_FILE).exists() and not list(run_dir.rglob("*.tmp"))
+
+
+def test_a_signal_during_the_final_write_leaves_no_temporary_file_and_the_rerun_finishes(smoke, tmp_path, capsys,
+                                                                                         monkeypatch):
+    import imbalance_bench.runfiles as runfiles
+
+    fsync = os.fsync
+
+    def signal_while_writing_metrics(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").rpartition("/")[2].startswith(".metrics.json."):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fsync(fd)
+
+    monkeypatch.setattr(runfiles.os, "fsync", signal_while_writing_metrics)
+    run_dir = tmp_path / "run"
+    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    assert code == EXIT_INTERRUPTED
+    assert last_line(err).startswith("imbench: stopped by SIGTERM during writing the results;")
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "metrics.json").exists()
+
+    monkeypatch.setattr(runfiles.os, "fsync", fsync)
+    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0]
+    return state != "Z"
+
+
+def test_sigterm_to_a_packed_sweep_stops_every_job_with_a_checkpoint(smoke, tmp_path):
+    """hydra/launcher=pack: SIGTERM to the launching process reaches both workers; each running job
+    checkpoints and stops, the third job does not start, the sweep ends with its summary line and
+    exit 75, and no worker outlives it."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [*IMBENCH, "-m", "hydra/launcher=pack", "hydra.launcher.n_jobs=2", *smoke, "trainer.epochs=200",
+         "trainer.max_steps=null", "loss=ce,bce,focal", "reweight=none", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=imbench_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not all((sweep / job / "checkpoints" / "last.pt").exists() for job in ("0", "1")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    workers = children_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert last_line(stderr).startswith("imbench: stopped by SIGTERM: the sweep's running jobs wrote their checkpoints")
+    assert "3 job(s): 0 trained, 0 resumed, 0 already complete (skipped), 0 failed, 3 stopped" in stdout + stderr
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert [job["outcome"] for job in summary["jobs"]] == ["stopped"] * 3
+    assert "not started" in summary["jobs"][2]["error"]
+    for job in ("0", "1"):
+        assert not (sweep / job / "metrics.json").exists() and not list((sweep / job).rglob("*.tmp"))
+    assert not (sweep / "2" / "checkpoints").exists()
+    time.sleep(0.5)
+    assert workers and not [pid for pid in workers if alive(pid)]
