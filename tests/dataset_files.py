@@ -61,10 +61,14 @@ def write_cifar100(root: Path, train_per_class: int = 20, test_per_class: int = 
     return folder
 
 
+def idx_header(dims, type_code: int = 0x08) -> bytes:
+    """An idx header: magic (0, 0, type code (0x08 = ubyte), number of dims), then the big-endian dims."""
+    return bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
-    """An idx file: magic (0, 0, 0x08 = ubyte, ndim), big-endian dims, then the bytes."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    """An idx file: its header, then the bytes."""
+    payload = idx_header(array.shape) + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     if compress:
         path = path.with_name(path.name + ".gz")
         with gzip.open(path, "wb") as fh:

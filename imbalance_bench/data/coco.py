@@ -23,7 +23,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
@@ -58,6 +58,8 @@ CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # what torchvision.io.decode_image reads
 # Separate random streams so that a limit never changes which images the long-tailed subset holds.
 LIMIT_STREAMS = {"train": 1, "test": 2}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_SHOWN = 60  # characters of a JSON value quoted in an error message
 
 
 @dataclass
@@ -74,7 +76,7 @@ class CocoAnnotations:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing, truncated or non-JSON file gives a DataError naming it."""
+    """Parse a JSON file; a missing, truncated, non-JSON or unparsable file gives a DataError naming it."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; {LAYOUT_HINT}")
     try:
@@ -84,6 +86,10 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
+    except ValueError as exc:  # an integer literal longer than Python's int-from-string limit
+        raise DataError(f"{path}: not usable JSON ({str(exc).split(';')[0]})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not usable JSON (arrays or objects nested too deeply)") from None
     except OSError as exc:
         raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
@@ -92,12 +98,42 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_id(value: Any) -> bool:
+    """An integer that fits int64, as the ids are stored (subset_indices, np.int64 arrays)."""
+    return _is_int(value) and INT64_MIN <= value <= INT64_MAX
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as a message shows it: its repr, on one line and cut short."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain relative path that stays inside its image folder; None when it is.
+
+    Checked on the name itself, so `..` or an absolute path never reaches the file system. The
+    folder's own symlinks are left to the user: a COCO copy that links its images elsewhere works.
+    """
+    if not name or "\0" in name:
+        return "it is empty or holds a NUL character"
+    pure = PurePosixPath(name)
+    if pure.is_absolute():
+        return "it is an absolute path"
+    if ".." in pure.parts:
+        return "its '..' part leaves the image folder"
+    return None
+
+
 def _id_table(path: Path, entries: list, key: str, text_field: str) -> dict[int, str]:
     """{id: entry[text_field]} for the `key` list, checking each entry's types and unique ids."""
     table: dict[int, str] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not _is_int(entry.get("id")) or not isinstance(entry.get(text_field), str):
             raise DataError(f"{path}: {key}[{i}] needs an integer 'id' and a string '{text_field}'")
+        if not _is_id(entry["id"]):
+            raise DataError(f"{path}: {key}[{i}] has id {_shown(entry['id'])}; ids must fit a 64-bit integer "
+                            "(-2**63 to 2**63-1)")
         if entry["id"] in table:
             raise DataError(f"{path}: {key} id {entry['id']} appears twice")
         table[entry["id"]] = entry[text_field]
@@ -105,7 +141,7 @@ def _id_table(path: Path, entries: list, key: str, text_field: str) -> dict[int,
 
 
 def parse_instances(path: Path, content: Any) -> CocoAnnotations:
-    """Multi-hot targets from a parsed COCO instances file; checks every id it relies on."""
+    """Multi-hot targets from a parsed COCO instances file; checks every id and name it relies on."""
     if not isinstance(content, dict):
         raise DataError(f"{path}: not a COCO instances file (top level is a {type(content).__name__}, not an object)")
     for key in ("images", "annotations", "categories"):
@@ -115,6 +151,11 @@ def parse_instances(path: Path, content: Any) -> CocoAnnotations:
     if not categories:
         raise DataError(f"{path}: the 'categories' list is empty")
     images = _id_table(path, content["images"], "images", "file_name")
+    for i, entry in enumerate(content["images"]):
+        problem = file_name_problem(entry["file_name"])
+        if problem:
+            raise DataError(f"{path}: images[{i}] (id {entry['id']}) has file_name {_shown(entry['file_name'])}: "
+                            f"{problem}; a file_name must be a relative path inside the split's image folder")
 
     category_ids = sorted(categories)
     class_of = {cid: k for k, cid in enumerate(category_ids)}
@@ -124,18 +165,20 @@ def parse_instances(path: Path, content: Any) -> CocoAnnotations:
     for i, ann in enumerate(content["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(f"{path}: annotations[{i}] is a {type(ann).__name__}, not an object")
-        image_id, category_id = ann.get("image_id"), ann.get("category_id")
-        if not _is_int(image_id) or image_id not in row_of:
-            raise DataError(f"{path}: annotation {ann.get('id', f'#{i}')} refers to unknown image_id {image_id!r}")
-        if not _is_int(category_id) or category_id not in class_of:
-            raise DataError(
-                f"{path}: annotation {ann.get('id', f'#{i}')} refers to unknown category_id {category_id!r}"
-            )
-        rows.append(row_of[image_id])
-        cols.append(class_of[category_id])
+        name = f"annotation {ann['id']}" if _is_int(ann.get("id")) else f"annotations[{i}]"
+        for field_name, known, listed in (("image_id", row_of, "images"), ("category_id", class_of, "categories")):
+            value = ann.get(field_name)
+            if not _is_int(value) or value not in known:
+                raise DataError(f"{path}: {name} refers to unknown {field_name} {_shown(value)}; "
+                                f"it must be the integer id of an entry in '{listed}'")
+        rows.append(row_of[ann["image_id"]])
+        cols.append(class_of[ann["category_id"]])
     targets = np.zeros((len(image_ids), len(category_ids)), dtype=bool)
     targets[rows, cols] = True
     annotated = targets.any(axis=1)
+    if not annotated.any():
+        raise DataError(f"{path}: none of its {len(image_ids)} images has an annotation; a split needs at least one "
+                        "annotated image")
     return CocoAnnotations(
         path=path,
         category_ids=category_ids,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,10 @@ import torch
 
 from imbalance_bench.data.images import BatchTransform, ImageSplit
 from imbalance_bench.data.profiles import limit_subset, long_tail_counts, select_per_class
+from imbalance_bench.errors import DataError
+
+log = logging.getLogger("imbench")
+MAX_NAMED_CLASSES = 10  # the zero-image warning names this many classes, then counts the rest
 
 
 @dataclass
@@ -41,6 +46,16 @@ class DataBundle:
     test_class_counts: list[int]
     subset_indices: dict[str, list[int]]
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Warn, once per bundle, when the train split leaves classes without a single image: the
+        run trains without them (a profile like dataset.imbalance_factor=1e9 rounds the tail to 0)."""
+        empty = [name for name, count in zip(self.class_names, self.train_class_counts) if count == 0]
+        if empty:
+            named = ", ".join(empty[:MAX_NAMED_CLASSES])
+            more = f" and {len(empty) - MAX_NAMED_CLASSES} more" if len(empty) > MAX_NAMED_CLASSES else ""
+            log.warning("dataset %s: %d of %d classes have no train images, so the model never trains on them: %s%s",
+                        self.name, len(empty), self.num_classes, named, more)
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +109,11 @@ def make_long_tail_bundle(
 ) -> DataBundle:
     """Draw the long-tailed train subset (n_max = the smallest class) and apply the smoke-run limits."""
     num_classes = len(raw.class_names)
+    for split, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
+        missing = [raw.class_names[c] for c in np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)]
+        if missing:  # n_max (train) or the balanced test size would be 0 for every class
+            raise DataError(f"{raw.source}: the {split} split has no image of class {', '.join(missing)}; "
+                            "every class needs at least one")
     available = np.bincount(raw.train_labels, minlength=num_classes)
     n_max = int(available.min())
     target_counts = long_tail_counts(n_max, num_classes, imbalance_factor, imbalance_type)

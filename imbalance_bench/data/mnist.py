@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,28 +26,72 @@ FILES = {
 }
 IMAGE_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABEL_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+IMAGE_SIDE = 28
+IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
+READ_CHUNK = 1 << 24
+
+
+def _magic_problem(found: bytes, magic: int) -> str | None:
+    """What is wrong with an idx file's first four bytes (zero, zero, data type, number of dims)."""
+    want_type, want_ndim = (magic >> 8) & 0xFF, magic & 0xFF
+    if found[0:2] != b"\0\0":
+        return "not an idx file (its first two bytes must be zero)"
+    if found[2] != want_type:
+        kind = IDX_TYPES.get(found[2], "unknown")
+        return f"data type {found[2]:#04x} ({kind}), not {want_type:#04x} ({IDX_TYPES[want_type]})"
+    if found[3] != want_ndim:
+        return f"{found[3]} dimensions, not {want_ndim}"
+    return None
+
+
+def _read_at_most(fh, limit: int) -> bytes:
+    """Up to `limit` bytes, in chunks: a header that claims an absurd size allocates nothing for it."""
+    chunks = []
+    while limit > 0:
+        chunk = fh.read(min(limit, READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Read one idx file (optionally gzipped) and check its magic number and size."""
+    """Read one idx file (optionally gzipped) after checking its header against `magic`.
+
+    The data type and number of dimensions must be those of `magic`, every dimension >= 1, and
+    the payload exactly their product in bytes (Python integers: no overflow). Only that many
+    bytes plus one are read, so neither a header's absurd size nor a compressed file that
+    expands far beyond its header's claim can exhaust memory.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as exc:
+            head = _read_at_most(fh, 4)
+            if len(head) < 4:
+                raise DataError(f"{path}: too short for an idx header")
+            problem = _magic_problem(head, magic)
+            if problem:
+                raise DataError(f"{path}: wrong idx magic number {int.from_bytes(head, 'big'):#010x}: {problem}; "
+                                f"this file must start with {magic:#010x}")
+            ndim = head[3]
+            raw_dims = _read_at_most(fh, 4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: too short for an idx header of {ndim} dimensions")
+            dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+            if dims[0] == 0:
+                what = "images" if magic == IMAGE_MAGIC else "labels"
+                raise DataError(f"{path}: holds 0 {what} (the idx header's count is 0); it needs at least one")
+            if 0 in dims:
+                raise DataError(f"{path}: idx header gives the dimensions {dims}; each must be >= 1")
+            expected = math.prod(dims)
+            payload = _read_at_most(fh, expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: unreadable idx file ({exc})") from None
-    if len(raw) < 8:
-        raise DataError(f"{path}: too short for an idx header")
-    found = int.from_bytes(raw[0:4], "big")
-    if found != magic:
-        raise DataError(f"{path}: wrong idx magic number {found} (expected {magic})")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
-    if len(raw) - offset != expected:
-        raise DataError(f"{path}: holds {len(raw) - offset} bytes of data, header says {expected}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+    if len(payload) != expected:
+        held = "more than " + str(expected) if len(payload) > expected else str(len(payload))
+        raise DataError(f"{path}: holds {held} bytes of data, header says {expected}")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -73,15 +119,21 @@ def bundled_mnist_folder() -> Path | None:
 
 
 def read_mnist(folder: Path) -> RawSplits:
-    arrays = {}
-    for key, stem in FILES.items():
-        arrays[key] = read_idx(_find(folder, stem), IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC)
+    """The four idx files of `folder`, checked against each other: 28x28 images, one label in 0..9 each."""
+    paths = {key: _find(folder, stem) for key, stem in FILES.items()}
+    arrays = {key: read_idx(path, IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC)
+              for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        image_path, label_path = paths[f"{split}_images"], paths[f"{split}_labels"]
+        if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+            raise DataError(f"{image_path}: images are {images.shape[1]}x{images.shape[2]}, "
+                            f"MNIST images must be {IMAGE_SIDE}x{IMAGE_SIDE}")
         if len(images) != len(labels):
-            raise DataError(f"{folder}: {split} split has {len(images)} images but {len(labels)} labels")
+            raise DataError(f"{label_path}: holds {len(labels)} labels but {image_path.name} holds {len(images)} "
+                            "images; they must be equal")
         if labels.max() > 9:
-            raise DataError(f"{_find(folder, FILES[f'{split}_labels'])}: labels outside 0..9")
+            raise DataError(f"{label_path}: labels outside 0..9")
     return RawSplits(
         train_images=arrays["train_images"][:, None, :, :].copy(),
         train_labels=arrays["train_labels"].astype(np.int64),
