@@ -36,10 +36,11 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_one_line(stderr: str, *expected: str, prog: str = "imbench") -> str:
+def assert_one_line(stderr: str, *expected: str, prog: str = "imbench", prefix: str | None = None) -> str:
+    """The last line of stderr is `PROG: error: ...` (or starts with `prefix`) and holds each of `expected`."""
     assert "Traceback" not in stderr, stderr[-3000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith(f"{prog}: error: "), stderr[-3000:]
+    assert line.startswith(prefix or f"{prog}: error: "), stderr[-3000:]
     for text in expected:
         assert text in line, line
     return line
@@ -180,7 +181,7 @@ def test_what_torchrun_cannot_do_is_one_line_before_any_process_group(args, key,
 
 def test_the_cases_are_distinct_and_the_suite_has_at_least_25():
     keys = ([tuple(args) for args, _, _ in CONFIG_CASES] + [tuple(args) for args, _, _ in TORCHRUN_CASES]
-            + [name for name, _ in FILE_CASES] + ["sigterm"])
+            + [name for name, _ in FILE_CASES] + ["sigterm", "another config's run directory"])
     assert len(set(keys)) == len(keys) >= 25
 
 
@@ -301,6 +302,30 @@ def test_a_damaged_file_is_one_line_and_the_earlier_run_is_intact(compose_cfg, t
     assert "metrics.json" not in after or damage is another_configs_metrics
 
 
+def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(data_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Different overrides in a finished run's directory: refused with one line before Hydra's or the
+    run's files are written, so every file, .hydra/ and imbench.log included, stays byte for byte."""
+    from conftest import SMOKE
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    overrides = [*SMOKE, f"dataset.root={data_root}", "dataset.limit_train=200", "dataset.limit_test=50",
+                 f"hydra.run.dir={run_dir}"]
+    cli.main(overrides)
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file() and (run_dir / "metrics.json").is_file()
+    before = snapshot(run_dir)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*overrides, "loss.gamma=1.5"])
+
+    assert exit_info.value.code == EXIT_USER_ERROR
+    assert_one_line(capsys.readouterr().err, f"{run_dir / 'metrics.json'} holds a completed run of another config "
+                    "(differs in loss.gamma)")
+    assert snapshot(run_dir) == before
+
+
 def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, tmp_path, monkeypatch):
     """SIGTERM while a resumed run trains: exit 75 and one line; last.pt moves on (it is rewritten
     atomically, never half-written), best.pt and the earlier summary rows stay readable."""
@@ -322,7 +347,8 @@ def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, 
     _, stderr = proc.communicate(timeout=120)
 
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
-    assert_one_line(stderr, "stopped by SIGTERM after ", f"checkpoint {last}", "run the same command again to resume")
+    assert_one_line(stderr, "SIGTERM after ", f"checkpoint {last}", "run the same command again to resume",
+                    prefix="imbench: stopped by ")
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] >= 2 and checkpoint["history"]["epochs"][0]["epoch"] == 1
     assert torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)["epoch"] >= 1

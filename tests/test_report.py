@@ -381,3 +381,24 @@ def test_cui_class_balanced_best_matches_only_its_configuration():
     assert lookup(cui, softmax, "cifar100_lt", "exp", 1.0) == (29.07, "Softmax")
     assert lookup(cui, softmax, "cifar100_lt", "step", 100.0) is None
     assert lookup(load_reference("cao2019_table2"), softmax, "cifar100_lt", "step", 100.0) == (61.45, "ERM")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda m: m["final"].update(top1="high"), "final.top1 is 'high', not a number"),
+    (lambda m: m["best"].update(per_class_accuracy=[0.5, "x"]), "best.per_class_accuracy is [0.5, 'x'], not a number"),
+    (lambda m: m.update(final=[1, 2]), "final is [1, 2], not an object"),
+    (lambda m: m.update(loss=7), "loss is 7, not a string"),
+])
+def test_a_malformed_metrics_json_is_skipped_with_one_warning_naming_it(tmp_path, capsys, damage, reason):
+    good = write_run(tmp_path / "runs" / "0", seed=0)
+    bad = write_run(tmp_path / "runs" / "1", seed=1)
+    metrics = json.loads((bad / "metrics.json").read_text())
+    damage(metrics)
+    (bad / "metrics.json").write_text(json.dumps(metrics))
+
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--reference", "none"])
+
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"imbench-report: warning: {bad}: malformed metrics.json: {reason}; skipped"]
+    assert "imbench-report: 1 run(s), 1 skipped" in out
+    assert f"`{bad}` | malformed metrics.json: {reason} |" in (tmp_path / "report" / "report.md").read_text()

@@ -53,21 +53,6 @@ def smoke(data_root):
 # ------------------------------------------------------------------ a refused run touches nothing
 
 
-def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(smoke, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
-    assert code == 0, err
-    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "metrics.json").is_file()
-    assert not (run_dir / LOCK_FILE).exists()  # the lock goes with the run
-    before = snapshot(run_dir)
-
-    code, err = run_cli(capsys, *smoke, "loss.gamma=1.5", f"hydra.run.dir={run_dir}")
-
-    assert code == EXIT_USER_ERROR
-    assert "holds a completed run of another config (differs in loss.gamma)" in last_line(err)
-    assert snapshot(run_dir) == before  # .hydra/ and imbench.log included: byte for byte, no file added
-
-
 def test_a_sweep_rerun_with_its_values_reordered_relabels_nothing(smoke, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     code, err = run_cli(capsys, "-m", *smoke, "loss=ce,bce", "reweight=none", f"hydra.sweep.dir={sweep}")
