@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -156,8 +157,6 @@ def hand_over_to_scheduler(signum: int | None) -> None:
     """After the checkpoint of a run stopped by SIGUSR2 is written, pass the signal on to the handler
     that was there before the run (under hydra/launcher=slurm that is submitit's, which requeues
     the job; the requeued job resumes from the checkpoint)."""
-    import signal
-
     if signum == signal.SIGUSR2 and callable(signal.getsignal(signal.SIGUSR2)):
         signal.raise_signal(signal.SIGUSR2)
 
@@ -201,8 +200,6 @@ class SweepStop:
 
     @classmethod
     def start(cls, sweep_dir: Path) -> None:
-        import signal
-
         cls.sweep_dir, cls.signal = sweep_dir, None
         (sweep_dir / JOB_RECORDS / cls.MARKER).unlink(missing_ok=True)
         os.environ[SWEEP_PARENT] = str(os.getpid())  # the joblib workers started from here inherit it
@@ -211,11 +208,10 @@ class SweepStop:
 
     @classmethod
     def end(cls) -> None:
-        import signal
-
         for signum, handler in cls._previous.items():
             signal.signal(signum, handler)
         cls._previous = {}
+        os.environ.pop(SWEEP_PARENT, None)
         shut_down_workers()
         if cls.sweep_dir is not None:
             cls.signal = cls.requested(cls.sweep_dir)
@@ -225,6 +221,8 @@ class SweepStop:
         """Between the jobs of an in-process sweep, and in the process that launched joblib's workers
         (a job in this process handles the signal itself: see hydra_app)."""
         cls.request(cls.sweep_dir, signal_name(signum))
+        if signum == signal.SIGINT and from_terminal():
+            return  # Ctrl-C reached the workers too: a second one would stop them before their checkpoint
         for pid in joblib_worker_pids():
             try:
                 os.kill(pid, signum)
@@ -250,8 +248,6 @@ class SweepStop:
     def ignore_between_jobs() -> None:
         """In a joblib worker: a stop signal between two jobs must not kill the worker (joblib would
         then abort the sweep); the launching process has already kept the next jobs from starting."""
-        import signal
-
         if os.environ.get(SWEEP_PARENT) not in (None, str(os.getpid())):
             for signum in SIGNALS:
                 if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
@@ -259,6 +255,14 @@ class SweepStop:
 
 
 SWEEP_PARENT = "IMBENCH_SWEEP_PARENT"  # the PID of the process that launched the sweep
+
+
+def from_terminal() -> bool:
+    """Whether this process is in the terminal's foreground process group (Ctrl-C reaches all of it)."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
 
 
 def joblib_worker_pids() -> list[int]:

@@ -269,4 +269,4 @@ def test_a_crashing_sweep_job_does_not_stop_the_others(data_root, tmp_path, monk
     assert "RuntimeError: boom" in trace.read_text() and "Traceback" in trace.read_text()
     assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "0" / "metrics.json").exists()
     assert json.loads((sweep / "sweep.json").read_text())["counts"] == {"trained": 1, "resumed": 0, "complete": 0,
-                                                                       "failed": 1}
+                                                                       "failed": 1, "stopped": 0}
