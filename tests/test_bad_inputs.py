@@ -109,6 +109,11 @@ CONFIG_CASES = [
     # the command itself
     (["-m", "hydra/launcher=slurmx", "loss=ce,focal"], "hydra/launcher=slurmx", "basic, joblib, pack, slurm"),
     (["-m", "--cfg", "job", "loss=ce,focal"], "--multirun and --cfg cannot be given together", "without -m"),
+    # interpolations that cannot be resolved
+    (["trainer.epochs=${oc.env:IMBENCH_UNSET_IN_TESTS}"], "trainer.epochs=${oc.env:IMBENCH_UNSET_IN_TESTS}",
+     "Environment variable 'IMBENCH_UNSET_IN_TESTS' not found"),
+    (["seed=${seed}"], "seed=${seed}", "Recursive interpolation"),
+    (["trainer.epochs=${trainer.nope}"], "trainer.epochs=${trainer.nope}", "Interpolation key 'trainer.nope' not found"),
 ]
 
 
