@@ -492,22 +492,40 @@ def group_options(loader, group: str) -> list[str]:
 
 
 def compose_job(overrides: list[str]) -> DictConfig:
-    from omegaconf.errors import OmegaConfBaseException
-
+    """The job's config as Hydra composes it, with every value outside `hydra` resolved, so that an
+    interpolation that cannot be (an unset `${oc.env:NAME}`, a key that refers to itself or to no
+    key) is found here, before anything runs. Any composition error is a ConfigError naming the key."""
     try:
-        return hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        for key in cfg:
+            if key != "hydra":
+                node = cfg[key]  # resolves a top-level value
+                if OmegaConf.is_config(node):
+                    OmegaConf.to_container(node, resolve=True)
     except Exception as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-        key = getattr(cause, "full_key", None)
-        message = _first_line(getattr(cause, "msg", cause))
-        if key and (" not in " in message or "is not in struct" in message):
-            choices = [o for o in overrides if o.partition("=")[0] in CONFIG_GROUPS]
-            raise ConfigError(f"{key}: unknown key; {_known_keys(key, choices)}") from None
-        if key:
-            value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith(f"{key}=")), None)
-            shown = f"{key}={value}" if value is not None else key
-            raise ConfigError(f"{shown} is not allowed: {message}") from None
-        raise ConfigError(_first_line(exc)) from None
+        raise composition_error(exc, overrides) from None
+    return cfg
+
+
+def composition_error(exc: Exception, overrides: list[str]) -> ConfigError:
+    """The one-line ConfigError for an exception of Hydra's composition or OmegaConf's resolution."""
+    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    key = getattr(cause, "full_key", None)
+    message = _first_line(getattr(cause, "msg", cause))
+    if key and isinstance(cause, InterpolationResolutionError):
+        # the resolver's own words: 'KeyError raised while resolving interpolation: "Environment variable ..."'
+        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", message).strip('"')
+        message = f"cannot resolve the interpolation ({reason})"
+    elif key and (" not in " in message or "is not in struct" in message):
+        choices = [o for o in overrides if o.partition("=")[0] in CONFIG_GROUPS]
+        return ConfigError(f"{key}: unknown key; {_known_keys(key, choices)}")
+    if key:
+        value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith(f"{key}=")), None)
+        shown = f"{key}={value}" if value is not None else key
+        return ConfigError(f"{shown} is not allowed: {message}")
+    return ConfigError(_first_line(exc))
 
 
 def _known_keys(full_key: str, group_choices: list[str]) -> str:

@@ -111,6 +111,18 @@ CONFIG_CASES = [
     # the command itself
     (["-m", "hydra/launcher=slurmx", "loss=ce,focal"], "hydra/launcher=slurmx", "basic, joblib, pack, slurm"),
     (["-m", "--cfg", "job", "loss=ce,focal"], "--multirun and --cfg cannot be given together", "without -m"),
+    # values past what their consumers take (numpy's seeds, float32, the image side): refused before the run
+    (["seed=4294967296"], "seed=4294967296", "<= 2^32 - 1"),
+    (["optimizer.lr=1e39"], "optimizer.lr=1e+39", "<= the float32 maximum"),
+    (["optimizer.weight_decay=1e300"], "optimizer.weight_decay=1e+300", "<= the float32 maximum"),
+    (["dataset.augment.crop_padding=1000000000"], "dataset.augment.crop_padding=1000000000", "[0, 28]"),
+    (["optimizer=adamw", "optimizer.lr=3e38"], "optimizer.lr=3e+38", "optimizer.lr / (1 - optimizer.betas[0])"),
+    (["trainer.num_workers=100000"], "trainer.num_workers=100000", "<= 256"),
+    # interpolations that cannot be resolved
+    (["trainer.epochs=${oc.env:IMBENCH_UNSET_IN_TESTS}"], "trainer.epochs=${oc.env:IMBENCH_UNSET_IN_TESTS}",
+     "Environment variable 'IMBENCH_UNSET_IN_TESTS' not found"),
+    (["seed=${seed}"], "seed=${seed}", "Recursive interpolation"),
+    (["trainer.epochs=${trainer.nope}"], "trainer.epochs=${trainer.nope}", "Interpolation key 'trainer.nope' not found"),
 ]
 
 
