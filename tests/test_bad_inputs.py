@@ -246,7 +246,7 @@ def drop_json_key(key: str):
 
 def another_configs_metrics(path: Path) -> None:
     """A completed metrics.json in the run directory, of a config whose loss.gamma differs."""
-    config = torch.load(path.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["config"]
+    config = torch.load(path.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["config"]
     config["loss"]["gamma"] += 1
     path.write_text(json.dumps({"schema_version": 1, "status": "completed", "config": config}))
 
@@ -322,9 +322,9 @@ def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, 
 
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     assert_one_line(stderr, "stopped by SIGTERM after ", f"checkpoint {last}", "run the same command again to resume")
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] >= 2 and checkpoint["history"]["epochs"][0]["epoch"] == 1
-    assert torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)["epoch"] >= 1
+    assert torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["epoch"] >= 1
     assert (run_dir / "summary.csv").read_text().startswith(first_rows)
     assert not (run_dir / "metrics.json").exists()
     assert not list(run_dir.rglob("*.tmp"))
