@@ -265,7 +265,7 @@ FILE_CASES = [
     ("cifar pickle cut short", ("cifar", "data:cifar-10-batches-py/data_batch_2", cut_in_half,
                                 "data_batch_2: not a readable CIFAR pickle")),
     ("cifar pickle without labels", ("cifar", "data:cifar-10-batches-py/test_batch", cifar_without_labels,
-                                     "test_batch: missing key b'labels'")),
+                                     "test_batch: missing key 'labels'")),
     ("idx with a wrong magic number", ("mnist", "data:train-images-idx3-ubyte.gz", wrong_idx_magic,
                                        "train-images-idx3-ubyte.gz: wrong idx magic number")),
     ("coco json without annotations", ("coco", "data:annotations/instances_train2017.json",
