@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch>=2.4 in pyproject.toml resolves to the local wheel where one is provided (pip only).
+# torch>=2.6 in pyproject.toml resolves to the local wheel where one is provided (pip only).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'

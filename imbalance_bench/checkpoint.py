@@ -6,10 +6,14 @@ and CUDA, and the run's own shuffle and augmentation generators), the epoch reco
 the config. A run restored from the checkpoint of epoch k therefore continues exactly as the
 uninterrupted run continued after epoch k (on the CPU; on CUDA up to cuDNN's non-determinism).
 Randomness inside DataLoader workers (COCO's crops) is the exception: workers are re-seeded.
+
+A checkpoint holds tensors and plain values only (NumPy's RNG keys are stored as a tensor), so it
+is read with torch's weights-only loader: a crafted file cannot run code when a run resumes from it.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench.errors import ConfigError, DataError
+from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
 
 #: keys that may differ between the run that wrote a checkpoint and the one resuming from it (a run
 #: may continue on another GPU: a sweep's job N goes to GPU N mod the number of GPUs)
@@ -46,7 +51,7 @@ def rng_state(generators: Generators) -> dict[str, Any]:
     device = generators.augment.device  # the training device
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_rng_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         # the training GPU's own stream: in a DDP run each process restores it into its own GPU
@@ -56,9 +61,23 @@ def rng_state(generators: Generators) -> dict[str, Any]:
     }
 
 
+def numpy_rng_state() -> tuple:
+    """NumPy's global RNG state with its key array as a tensor, which the weights-only loader reads."""
+    name, keys, *rest = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    """Restore `numpy_rng_state()`, or the plain `np.random.get_state()` of an older checkpoint."""
+    name, keys, *rest = state
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((name, keys, *rest))
+
+
 def set_rng_state(state: dict[str, Any], generators: Generators) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    set_numpy_rng_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -83,10 +102,22 @@ def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
+#: what the weights-only loader must also admit for a checkpoint written before NumPy's RNG keys
+#: were stored as a tensor: NumPy's array globals (under NumPy 1's and NumPy 2's names) and the
+#: uint32 dtype's class, whose state the unpickler sets, for the np.random.get_state() array in it
+OLD_LAYOUT_GLOBALS = [*((obj, name) for name, obj in NUMPY_ARRAY_GLOBALS.items()), type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
-    """Read a checkpoint and check that it was written by this run's config."""
+    """Read a checkpoint with torch's weights-only loader, which builds tensors and plain values
+    only (never calls what a crafted file names), and check that this run's config wrote it."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(OLD_LAYOUT_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # the weights-only loader met something it does not build
+        raise DataError(f"{path}: refused: it holds objects other than tensors and plain values"
+                        f"{refused_globals(path)}, and loading those could run code; "
+                        "delete it or set trainer.resume=false") from None
     except Exception as exc:  # truncated or not a checkpoint at all
         raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
                         "delete it or set trainer.resume=false") from None
@@ -99,6 +130,17 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
             "use another run directory or trainer.resume=false"
         )
     return checkpoint
+
+
+def refused_globals(path: Path) -> str:
+    """` (name, ...)`: the functions and classes in the checkpoint at `path` that loading it would
+    call, as far as they can be listed; empty when they cannot."""
+    try:
+        with torch.serialization.safe_globals(OLD_LAYOUT_GLOBALS):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return ""
+    return f" ({shown_keys(names)})" if names else ""
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -75,5 +76,37 @@ def imbench(tmp_path):
 
     def _run(*args, timeout: float = 300):
         return run_imbench(list(args), tmp_path, timeout)
+
+    return _run
+
+
+@pytest.fixture
+def imbench_in_process(tmp_path, monkeypatch, capsys):
+    """Call `imbench ARGS` (cli.main) in this process from a fresh working directory; returns (exit
+    code, stderr). Hydra's global state and the logging handlers it configures are put back after."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from imbalance_bench import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def _run(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        code = 0
+        try:
+            cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.setLevel(level)
+        return code, capsys.readouterr().err
 
     return _run

@@ -1,6 +1,8 @@
 """Writers for tiny datasets in the real on-disk formats (CIFAR pickles, MNIST idx files).
 
 The images are class-dependent patterns plus noise, so a model can learn something from them.
+CIFAR pickles are written as Python 2 wrote the official files (bytes keys), or by Python 3: with
+str keys at its highest protocol, or with bytes keys at protocol 2 (as scripts/bench.py writes them).
 """
 
 from __future__ import annotations
@@ -25,12 +27,60 @@ def balanced_labels(num_classes: int, per_class: int, rng: np.random.Generator) 
     return rng.permutation(np.repeat(np.arange(num_classes), per_class))
 
 
-def _dump(path: Path, obj: dict) -> None:
+class NumPy1Pickler(pickle._Pickler):
+    """Pickles NumPy arrays as NumPy 1 did, naming numpy.core.multiarray._reconstruct (NumPy 2 names
+    numpy._core.multiarray)."""
+
+    _reconstruct = np.zeros(1).__reduce__()[0]
+
+    def save_global(self, obj, name=None) -> None:
+        if obj is self._reconstruct:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+class Python2Pickler(NumPy1Pickler):
+    """Pickles as Python 2 with NumPy 1 did for the official CIFAR files: protocol 2, and every
+    string as a Python 2 str (BINSTRING: bytes once read with encoding="bytes")."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_str(self, obj: str | bytes) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_python2_str
+
+
+def _as_bytes(obj):
+    """`obj` with every str in it (keys, values, list items) as bytes."""
+    if isinstance(obj, dict):
+        return {_as_bytes(key): _as_bytes(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_as_bytes(item) for item in obj]
+    return obj.encode() if isinstance(obj, str) else obj
+
+
+def _dump(path: Path, obj: dict, written_by: str) -> None:
+    """`obj` (str keys) as written by "python2" (like the official files), "python3" (str keys, its
+    highest protocol) or "python3-protocol2" (bytes keys and names, protocol 2)."""
     with path.open("wb") as fh:
-        pickle.dump(obj, fh, protocol=2)
+        if written_by == "python2":
+            Python2Pickler(fh, protocol=2).dump(obj)
+        elif written_by == "python3-protocol2":
+            pickle.dump(_as_bytes(obj), fh, protocol=2)
+        else:
+            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def write_cifar10(root: Path, train_per_class: int = 40, test_per_class: int = 8, seed: int = 0) -> Path:
+def write_cifar10(root: Path, train_per_class: int = 40, test_per_class: int = 8, seed: int = 0,
+                  written_by: str = "python2") -> Path:
     """`root/cifar-10-batches-py` with five train batches, a test batch and batches.meta."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
@@ -38,16 +88,20 @@ def write_cifar10(root: Path, train_per_class: int = 40, test_per_class: int = 8
     labels = balanced_labels(10, train_per_class, rng)
     data = class_images(labels, (3, 32, 32), rng).reshape(len(labels), -1)
     for i, chunk in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
-        _dump(folder / f"data_batch_{i}", {b"batch_label": b"training batch", b"labels": labels[chunk].tolist(), b"data": data[chunk]})
+        _dump(folder / f"data_batch_{i}", {"batch_label": "training batch", "labels": labels[chunk].tolist(),
+                                           "data": data[chunk]}, written_by)
     test_labels = balanced_labels(10, test_per_class, rng)
     test_data = class_images(test_labels, (3, 32, 32), rng).reshape(len(test_labels), -1)
-    _dump(folder / "test_batch", {b"batch_label": b"testing batch", b"labels": test_labels.tolist(), b"data": test_data})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _dump(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": len(labels) // 5, b"num_vis": 3072})
+    _dump(folder / "test_batch", {"batch_label": "testing batch", "labels": test_labels.tolist(), "data": test_data},
+          written_by)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _dump(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": len(labels) // 5, "num_vis": 3072},
+          written_by)
     return folder
 
 
-def write_cifar100(root: Path, train_per_class: int = 20, test_per_class: int = 2, seed: int = 0) -> Path:
+def write_cifar100(root: Path, train_per_class: int = 20, test_per_class: int = 2, seed: int = 0,
+                   written_by: str = "python2") -> Path:
     """`root/cifar-100-python` with train, test and meta pickles (fine and coarse labels)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-100-python"
@@ -55,9 +109,10 @@ def write_cifar100(root: Path, train_per_class: int = 20, test_per_class: int = 
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = balanced_labels(100, per_class, rng)
         data = class_images(labels, (3, 32, 32), rng).reshape(len(labels), -1)
-        _dump(folder / split, {b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(), b"data": data})
-    _dump(folder / "meta", {b"fine_label_names": [f"class_{i}".encode() for i in range(100)],
-                            b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]})
+        _dump(folder / split, {"fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(), "data": data},
+              written_by)
+    _dump(folder / "meta", {"fine_label_names": [f"class_{i}" for i in range(100)],
+                            "coarse_label_names": [f"super_{i}" for i in range(20)]}, written_by)
     return folder
 
 

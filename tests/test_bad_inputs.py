@@ -260,7 +260,7 @@ def drop_json_key(key: str):
 
 def another_configs_metrics(path: Path) -> None:
     """A completed metrics.json in the run directory, of a config whose loss.gamma differs."""
-    config = torch.load(path.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["config"]
+    config = torch.load(path.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["config"]
     config["loss"]["gamma"] += 1
     path.write_text(json.dumps({"schema_version": 1, "status": "completed", "config": config}))
 
@@ -279,7 +279,7 @@ FILE_CASES = [
     ("cifar pickle cut short", ("cifar", "data:cifar-10-batches-py/data_batch_2", cut_in_half,
                                 "data_batch_2: not a readable CIFAR pickle")),
     ("cifar pickle without labels", ("cifar", "data:cifar-10-batches-py/test_batch", cifar_without_labels,
-                                     "test_batch: missing key b'labels'")),
+                                     "test_batch: missing key 'labels'")),
     ("idx with a wrong magic number", ("mnist", "data:train-images-idx3-ubyte.gz", wrong_idx_magic,
                                        "train-images-idx3-ubyte.gz: wrong idx magic number")),
     ("coco json without annotations", ("coco", "data:annotations/instances_train2017.json",
@@ -361,9 +361,9 @@ def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, 
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     assert_one_line(stderr, "SIGTERM after ", f"checkpoint {last}", "run the same command again to resume",
                     prefix="imbench: stopped by ")
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] >= 2 and checkpoint["history"]["epochs"][0]["epoch"] == 1
-    assert torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)["epoch"] >= 1
+    assert torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["epoch"] >= 1
     assert (run_dir / "summary.csv").read_text().startswith(first_rows)
     assert not (run_dir / "metrics.json").exists()
     assert not list(run_dir.rglob("*.tmp"))

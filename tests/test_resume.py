@@ -56,7 +56,7 @@ def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (killed / "metrics.json").exists(), "the run ended before it could be killed"
-    interrupted_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    interrupted_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert 1 <= interrupted_at < 3
 
     again = subprocess.run(command(data_root, killed), cwd=tmp_path, env=environment(), capture_output=True,
@@ -64,7 +64,7 @@ def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming after epoch {interrupted_at}" in again.stdout + again.stderr
     assert results(killed) == results(whole)  # every metric, loss and per-class value, bit for bit
-    best = torch.load(killed / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    best = torch.load(killed / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert best["epoch"] == json.loads((killed / "metrics.json").read_text())["best_epoch"]
 
 
@@ -122,7 +122,7 @@ def test_divergence_keeps_the_last_good_checkpoints_and_records_its_status(compo
     assert metrics["status"] == "diverged" and "step 8 (epoch 2)" in metrics["error"]
     assert metrics["epochs_completed"] == 1 and metrics["final"]["epoch"] == 1 and metrics["steps"] == 4
     for name in ("last.pt", "best.pt"):
-        assert torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=False)["epoch"] == 1
+        assert torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=True)["epoch"] == 1
 
 
 def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results(compose_cfg, data_root, tmp_path,
@@ -145,7 +145,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results
     with pytest.raises(Interrupted, match=r"^stopped by SIGTERM after step 6 \(epoch 2\); checkpoint .*last\.pt"):
         run(compose_cfg(overrides), tmp_path / "stopped")
     monkeypatch.setattr(step_module.TrainStep, "__call__", original)
-    checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 6 and checkpoint["position"]["batches_done"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run put the default handler back
     resumed = run(compose_cfg(overrides), tmp_path / "stopped")
@@ -167,7 +167,7 @@ def test_sigterm_exits_with_its_own_code_and_one_line(data_root, tmp_path):
     assert last_line.startswith("imbench: stopped by SIGTERM after ")  # a stop, not an error
     assert last_line.endswith(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; run the same command again to resume")
     assert not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["epoch"] >= 1
+    assert torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["epoch"] >= 1
 
 
 def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_failed_ones(data_root, tmp_path):

@@ -1,12 +1,16 @@
 """CIFAR-10 / CIFAR-100 read from torchvision's on-disk pickles.
 
 torchvision's CIFAR classes check the official files' MD5 sums, so they are used only to
-download; reading goes through `read_cifar`, which accepts any file in the same format.
+download; reading goes through `read_cifar`, which accepts any file in the same format: the
+official Python 2 pickles (bytes keys) and ones written by Python 3 (str keys). The pickles are read
+by a restricted unpickler that builds NumPy arrays and plain values only, so a crafted file cannot
+run code.
 """
 
 from __future__ import annotations
 
 import pickle
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import numpy as np
 
 from imbalance_bench.data.long_tail import RawSplits
 from imbalance_bench.errors import DataError
+from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
 
 
 @dataclass(frozen=True)
@@ -22,8 +27,8 @@ class CifarLayout:
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     meta_file: str
-    label_key: bytes
-    names_key: bytes
+    label_key: str
+    names_key: str
     num_classes: int
 
 
@@ -33,39 +38,90 @@ LAYOUTS = {
         tuple(f"data_batch_{i}" for i in range(1, 6)),
         ("test_batch",),
         "batches.meta",
-        b"labels",
-        b"label_names",
+        "labels",
+        "label_names",
         10,
     ),
-    "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names", 100),
+    "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names", 100),
 }
 
 
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode(text, "latin1")`, which is how Python 3 pickles bytes at protocol 2."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is allowed only as latin1 bytes")
+    return text.encode("latin1")
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a function or class that a CIFAR pickle does not hold."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Builds what a CIFAR pickle holds (dicts, lists, strings, bytes, numbers, NumPy arrays) and
+    nothing else: any other function or class a file names is refused, never looked up."""
+
+    ALLOWED = {
+        **{tuple(name.rsplit(".", 1)): obj for name, obj in NUMPY_ARRAY_GLOBALS.items()},
+        ("_codecs", "encode"): _latin1_bytes,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise RefusedGlobal(f"{module}.{name}") from None
+
+
 def _load_pickle(path: Path) -> dict:
+    """The dict in a CIFAR pickle, with str keys whether the file has bytes keys (the official
+    Python 2 files, read with encoding="bytes") or str keys (written by Python 3)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with path.open("rb") as fh:
-            content = pickle.load(fh, encoding="bytes")
+            content = CifarUnpickler(fh, encoding="bytes").load()
+    except RefusedGlobal as exc:
+        raise DataError(f"{path}: refused: it names {exc}, and a CIFAR pickle holds only NumPy arrays and plain "
+                        "values (loading anything else could run code); replace it with the official file") from None
     except Exception as exc:  # truncated or not a pickle at all
         raise DataError(f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(content, dict):
         raise DataError(f"{path}: not a CIFAR pickle (expected a dict, got {type(content).__name__})")
-    return content
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
 
 
-def _read_batches(folder: Path, files: tuple[str, ...], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _labels(path: Path, values, num_classes: int) -> np.ndarray:
+    """`values` (a list, or an integer array) as int64 labels; a DataError naming `path` unless
+    every one is an integer in [0, num_classes)."""
+    allowed = f"labels must be a list of integers in 0..{num_classes - 1}"
+    if isinstance(values, np.ndarray) and values.ndim == 1 and np.issubdtype(values.dtype, np.integer):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise DataError(f"{path}: {allowed} (found {type(values).__name__})")
+    for value in values:
+        if type(value) is not int or not 0 <= value < num_classes:  # bool is no label either
+            raise DataError(f"{path}: {allowed} (found {reprlib.repr(value)})")
+    return np.array(values, dtype=np.int64)
+
+
+def _read_batches(folder: Path, files: tuple[str, ...], layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name in files:
         path = folder / name
         batch = _load_pickle(path)
-        if b"data" not in batch or label_key not in batch:
-            raise DataError(f"{path}: missing key {b'data' if b'data' not in batch else label_key!r}")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch[label_key]):
-            raise DataError(f"{path}: expected 'data' of shape (N, 3072) and N labels, got {data.shape}")
+        if "data" not in batch or layout.label_key not in batch:
+            missing = "data" if "data" not in batch else layout.label_key
+            raise DataError(f"{path}: missing key {missing!r}")
+        batch_labels = _labels(path, batch[layout.label_key], layout.num_classes)
+        data = batch["data"]
+        if (not isinstance(data, np.ndarray) or data.dtype.kind not in "ui" or data.ndim != 2
+                or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch_labels)):
+            found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{path}: expected 'data' as integers of shape (N, 3072) and N labels, got {found}")
+        data = data.astype(np.uint8, copy=False)
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        labels.append(batch_labels)
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -73,15 +129,17 @@ def read_cifar(root: str | Path, variant: str) -> RawSplits:
     """Read `cifar10` or `cifar100` from `root/<torchvision folder>`."""
     layout = LAYOUTS[variant]
     folder = Path(root) / layout.folder
-    meta = _load_pickle(folder / layout.meta_file)
+    meta_path = folder / layout.meta_file
+    meta = _load_pickle(meta_path)
     if layout.names_key not in meta:
-        raise DataError(f"{folder / layout.meta_file}: missing key {layout.names_key!r}")
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout.names_key]]
-    train_x, train_y = _read_batches(folder, layout.train_files, layout.label_key)
-    test_x, test_y = _read_batches(folder, layout.test_files, layout.label_key)
-    for split, y in (("train", train_y), ("test", test_y)):
-        if y.min() < 0 or y.max() >= layout.num_classes:
-            raise DataError(f"{folder}: {split} labels outside 0..{layout.num_classes - 1}")
+        raise DataError(f"{meta_path}: missing key {layout.names_key!r}")
+    names = meta[layout.names_key]
+    if not isinstance(names, (list, tuple)) or len(names) != layout.num_classes or not all(
+            isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{meta_path}: {layout.names_key!r} must be a list of {layout.num_classes} class names")
+    names = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in names]
+    train_x, train_y = _read_batches(folder, layout.train_files, layout)
+    test_x, test_y = _read_batches(folder, layout.test_files, layout)
     return RawSplits(train_x, train_y, test_x, test_y, names, str(folder))
 
 
