@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from coco_files import image_id, write_coco
 from conftest import SMOKE
@@ -273,25 +272,11 @@ def test_json_that_python_cannot_parse_is_one_line(coco_root, text, expected):
 
 
 @pytest.fixture
-def run_cli(tmp_path, monkeypatch, capsys):
-    """`imbench ARGS` in-process from `tmp_path`; returns (exit code, stderr). Hydra's logging
-    set-up is undone afterwards."""
+def run_cli(tmp_path, imbench_in_process):
+    """`imbench ARGS` (a smoke run into tmp_path/run) in-process; returns (exit code, stderr)."""
 
     def _run(*args):
-        monkeypatch.chdir(tmp_path)
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        try:
-            with pytest.raises(SystemExit) as exit_info:
-                cli.main([*args, *SMOKE, f"hydra.run.dir={tmp_path / 'run'}"])
-        finally:
-            GlobalHydra.instance().clear()
-            for handler in root.handlers[:]:
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.setLevel(level)
-        return exit_info.value.code, capsys.readouterr().err
+        return imbench_in_process(*args, *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
 
     return _run
 

@@ -339,7 +339,7 @@ def two_process_run(tmp_path_factory, data_root) -> StoppedAndResumed:
     assert len(dirs) == 1, (dirs, stderr[-3000:])
     run_dir = dirs[0]
     assert not (run_dir / "metrics.json").exists(), "the run ended before the signal: no resume was tested"
-    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     again = run_torchrun([*args, f"hydra.run.dir={run_dir}"], cwd)
     assert again.returncode == 0, again.stderr[-3000:]
     return StoppedAndResumed(cwd, dirs, stderr, stopped, run_dir)
@@ -358,7 +358,7 @@ def test_two_processes_train_what_one_process_trains(one_process_run, two_proces
     assert losses[-1] < losses[0] - 0.1  # the weights moved: the runs compared are not two idle ones
     for name in ("subset_indices.json", "dataset_stats.json"):
         assert (one_process_run / name).read_text() == (two / name).read_text()
-    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=False)["model"] for d in (one_process_run, two)]
+    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in (one_process_run, two)]
     assert weights[0].keys() == weights[1].keys()
     for key, value in weights[0].items():
         assert value.dtype == weights[1][key].dtype

@@ -46,7 +46,7 @@ def test_multimnist_plm_end_to_end(imbench, data_root, tmp_path):
     for tag in ("test/map", "test/mean_f2", "test/per_class_ap/7", "loss/target_ratio/0", "loss/target_ratio/9",
                 "loss/divergence_neg/3"):
         assert len(scalars[tag]) == 2, tag
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert torch.allclose(checkpoint["loss"]["target_ratio"].double(), torch.tensor(state["target_ratio"]).double())
     stats = json.loads((run_dir / "dataset_stats.json").read_text())
     assert stats["label_kind"] == "multi" and stats["cache"] == "created"
@@ -162,7 +162,7 @@ def test_dfl_learnable_gamma_is_trained_logged_and_saved(compose_cfg, data_root,
     assert len(gammas) == 2
     assert gammas[-1] != pytest.approx(2.0, abs=1e-6)  # it moved
     assert 0.0 <= min(gammas) and max(gammas) <= 5.0
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert "gamma_logit" in checkpoint["loss"]
     assert metrics["final"]["loss_state"]["gamma"] == pytest.approx(gammas[-1], rel=1e-5)
     # the loss parameter is in the optimiser, without weight decay

@@ -28,17 +28,6 @@ from imbalance_bench.rundir import LOCK_FILE, RunDirLock, remove_leftovers
 from imbalance_bench.runfiles import atomic_write_bytes, write_json
 
 
-def run_cli(capsys, *args) -> tuple[int, str]:
-    """`imbench ARGS` in this process: (exit code, stderr)."""
-    capsys.readouterr()
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 def last_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr[-3000:]
     return stderr.strip().splitlines()[-1]
@@ -53,14 +42,14 @@ def smoke(data_root):
 # ------------------------------------------------------------------ a refused run touches nothing
 
 
-def test_a_sweep_rerun_with_its_values_reordered_relabels_nothing(smoke, tmp_path, capsys):
+def test_a_sweep_rerun_with_its_values_reordered_relabels_nothing(smoke, tmp_path, imbench_in_process):
     sweep = tmp_path / "sweep"
-    code, err = run_cli(capsys, "-m", *smoke, "loss=ce,bce", "reweight=none", f"hydra.sweep.dir={sweep}")
+    code, err = imbench_in_process("-m", *smoke, "loss=ce,bce", "reweight=none", f"hydra.sweep.dir={sweep}")
     assert code == 0, err
     jobs = {name: snapshot(sweep / name) for name in ("0", "1")}
     assert "- loss=ce" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
 
-    code, err = run_cli(capsys, "-m", *smoke, "loss=bce,ce", "reweight=none", f"hydra.sweep.dir={sweep}")
+    code, err = imbench_in_process("-m", *smoke, "loss=bce,ce", "reweight=none", f"hydra.sweep.dir={sweep}")
 
     assert code == EXIT_USER_ERROR
     assert "2 job(s) of the sweep failed" in last_line(err) and "differs in loss" in err
@@ -70,19 +59,26 @@ def test_a_sweep_rerun_with_its_values_reordered_relabels_nothing(smoke, tmp_pat
 # ------------------------------------------------------------------ one run directory, one process
 
 
-def test_a_second_process_in_a_busy_run_directory_is_refused_naming_the_holder(smoke, tmp_path, capsys):
-    """The holder is another process holding the lock (flock): imbench exits 2 naming its PID and host,
-    and writes nothing."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+def lock_holder(run_dir: Path) -> subprocess.Popen:
+    """Another process holding the run directory's lock (as a training run does); returns once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from imbalance_bench.rundir import RunDirLock; "
          "lock = RunDirLock(sys.argv[1]).acquire(); lock.announce(); print('held', flush=True); time.sleep(60)",
          str(run_dir)], stdout=subprocess.PIPE, text=True, env=imbench_environment())
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_process_in_a_busy_run_directory_is_refused_naming_the_holder(smoke, tmp_path,
+                                                                              imbench_in_process):
+    """The holder is another process holding the lock (flock): imbench exits 2 naming its PID and host,
+    and writes nothing."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = lock_holder(run_dir)
     try:
-        assert holder.stdout.readline().strip() == "held"
         before = snapshot(run_dir)
-        code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+        code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     finally:
         holder.kill()
         holder.wait()
@@ -95,11 +91,7 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_naming_the_holder(s
 def test_a_lock_left_by_a_killed_run_never_blocks(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from imbalance_bench.rundir import RunDirLock; "
-         "lock = RunDirLock(sys.argv[1]).acquire(); lock.announce(); print('held', flush=True); time.sleep(60)",
-         str(run_dir)], stdout=subprocess.PIPE, text=True, env=imbench_environment())
-    assert holder.stdout.readline().strip() == "held"
+    holder = lock_holder(run_dir)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert f"PID {holder.pid}" in (run_dir / LOCK_FILE).read_text()  # left behind, as kill -9 leaves it
@@ -109,7 +101,8 @@ def test_a_lock_left_by_a_killed_run_never_blocks(tmp_path):
     assert not (run_dir / LOCK_FILE).exists()
 
 
-def test_a_killed_run_resumes_and_its_leftover_temporary_files_are_removed(smoke, tmp_path, capsys):
+def test_a_killed_run_resumes_and_its_leftover_temporary_files_are_removed(smoke, tmp_path,
+                                                                          imbench_in_process):
     """kill -9 in the middle of training: the lock it held does not block the same command, which
     resumes from the checkpoint and removes the `.tmp` files of the atomic writes it cut short."""
     run_dir = tmp_path / "run"
@@ -126,14 +119,14 @@ def test_a_killed_run_resumes_and_its_leftover_temporary_files_are_removed(smoke
     leftover = run_dir / "checkpoints" / ".last.pt.abc123.tmp"  # as a kill during the write leaves it
     leftover.write_bytes(b"half a checkpoint")
 
-    code, err = run_cli(capsys, *args)
+    code, err = imbench_in_process(*args)
     assert code == 0, err
     assert "resuming after epoch" in (run_dir / "imbench.log").read_text()
     assert not leftover.exists() and not (run_dir / LOCK_FILE).exists()
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 4
 
 
-def test_default_run_directories_of_launches_in_the_same_second_differ(compose_cfg):
+def test_default_run_directories_of_launches_in_the_same_second_differ():
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF_DIR
@@ -146,23 +139,24 @@ def test_default_run_directories_of_launches_in_the_same_second_differ(compose_c
 # ------------------------------------------------------------------ the run directory can be written
 
 
-def test_a_run_directory_under_a_file_is_one_line_before_anything_runs(smoke, tmp_path, capsys, monkeypatch):
+def test_a_run_directory_under_a_file_is_one_line_before_anything_runs(smoke, tmp_path, imbench_in_process,
+                                                                       monkeypatch):
     (tmp_path / "taken").write_text("a file\n")
     monkeypatch.setattr(cli, "hydra_app", lambda: pytest.fail("the pre-flight checks let it through"))
-    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={tmp_path / 'taken' / 'run'}")
+    code, err = imbench_in_process(*smoke, f"hydra.run.dir={tmp_path / 'taken' / 'run'}")
     assert code == EXIT_USER_ERROR
     assert last_line(err) == (f"imbench: error: hydra.run.dir={tmp_path / 'taken' / 'run'} cannot be used: "
                               f"{tmp_path / 'taken'} is a file, not a folder; choose another folder")
 
 
-def test_a_run_directory_name_too_long_is_one_line(smoke, tmp_path, capsys):
-    code, err = run_cli(capsys, "-m", *smoke, f"hydra.sweep.dir={tmp_path / ('x' * 300)}")
+def test_a_run_directory_name_too_long_is_one_line(smoke, tmp_path, imbench_in_process):
+    code, err = imbench_in_process("-m", *smoke, f"hydra.sweep.dir={tmp_path / ('x' * 300)}")
     assert code == EXIT_USER_ERROR
     assert "hydra.sweep.dir=" in last_line(err) and "longer than 255 bytes" in last_line(err)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switches to another user for the check (needs root)")
-def test_a_run_directory_without_write_permission_is_one_line(smoke, capsys):
+def test_a_run_directory_without_write_permission_is_one_line(smoke, imbench_in_process):
     """As an ordinary user (nobody), a folder of mode 0555: refused before anything runs."""
     top = Path(tempfile.mkdtemp())
     try:
@@ -171,9 +165,9 @@ def test_a_run_directory_without_write_permission_is_one_line(smoke, capsys):
         (top / "read_only").chmod(0o555)
         os.seteuid(65534)
         try:
-            code, err = run_cli(capsys, *smoke, f"hydra.run.dir={top / 'read_only' / 'run'}", "--cfg", "job")
+            code, err = imbench_in_process(*smoke, f"hydra.run.dir={top / 'read_only' / 'run'}", "--cfg", "job")
             assert code == 0  # printing the config needs no folder
-            code, err = run_cli(capsys, *smoke, f"hydra.run.dir={top / 'read_only' / 'run'}")
+            code, err = imbench_in_process(*smoke, f"hydra.run.dir={top / 'read_only' / 'run'}")
         finally:
             os.seteuid(0)
     finally:
@@ -182,13 +176,14 @@ def test_a_run_directory_without_write_permission_is_one_line(smoke, capsys):
     assert f"permission denied: cannot write in {top / 'read_only'}" in last_line(err)
 
 
-def test_a_folder_where_metrics_json_goes_is_found_before_training(smoke, tmp_path, capsys, monkeypatch):
+def test_a_folder_where_metrics_json_goes_is_found_before_training(smoke, tmp_path, imbench_in_process,
+                                                                   monkeypatch):
     import imbalance_bench.train as train_module
 
     run_dir = tmp_path / "run"
     (run_dir / "metrics.json").mkdir(parents=True)
     monkeypatch.setattr(train_module, "build_data", lambda *a, **k: pytest.fail("data read before the check"))
-    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     assert code == EXIT_USER_ERROR
     assert last_line(err) == (f"imbench: error: {run_dir / 'metrics.json'} is a folder, where the run writes a "
                               "file; move it away or use another run directory")
@@ -239,7 +234,8 @@ def test_a_signal_during_start_up_is_one_line_and_exit_75(tmp_path, signum, word
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
-def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path, capsys, monkeypatch, signum):
+def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path, imbench_in_process, monkeypatch,
+                                                                 signum):
     import imbalance_bench.train as train_module
 
     original = train_module.instantiate
@@ -251,14 +247,15 @@ def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path
 
     monkeypatch.setattr(train_module, "instantiate", signal_during_dataset)
     run_dir = tmp_path / "run"
-    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     assert code == EXIT_INTERRUPTED
     assert last_line(err) == (f"imbench: stopped by {signal.Signals(signum).name} during reading the data; run the "
                               "same command again to start or resume the run")
     assert not (run_dir / LOCK_FILE).exists() and not list(run_dir.rglob("*.tmp"))
 
 
-def test_a_signal_during_the_final_write_leaves_no_temporary_file_and_the_rerun_finishes(smoke, tmp_path, capsys,
+def test_a_signal_during_the_final_write_leaves_no_temporary_file_and_the_rerun_finishes(smoke, tmp_path,
+                                                                                         imbench_in_process,
                                                                                          monkeypatch):
     import imbalance_bench.runfiles as runfiles
 
@@ -271,13 +268,13 @@ def test_a_signal_during_the_final_write_leaves_no_temporary_file_and_the_rerun_
 
     monkeypatch.setattr(runfiles.os, "fsync", signal_while_writing_metrics)
     run_dir = tmp_path / "run"
-    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     assert code == EXIT_INTERRUPTED
     assert last_line(err).startswith("imbench: stopped by SIGTERM during writing the results;")
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "metrics.json").exists()
 
     monkeypatch.setattr(runfiles.os, "fsync", fsync)
-    code, err = run_cli(capsys, *smoke, f"hydra.run.dir={run_dir}")
+    code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     assert code == 0, err
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
