@@ -5,7 +5,8 @@ gradient scaler and loss state, every random-number generator (Python, NumPy, to
 and CUDA, and the run's own shuffle and augmentation generators), the epoch records so far and
 the config. A run restored from the checkpoint of epoch k therefore continues exactly as the
 uninterrupted run continued after epoch k (on the CPU; on CUDA up to cuDNN's non-determinism).
-Randomness inside DataLoader workers (COCO's crops) is the exception: workers are re-seeded.
+Randomness inside DataLoader workers (COCO's crops) needs no state: each batch is read under a seed
+derived from the run's seed, the epoch and the batch's number (data/images.py, `make_loader`).
 """
 
 from __future__ import annotations
