@@ -370,6 +370,7 @@ def fit(
             weights = reweighting.weights_for_epoch(epoch, data.train_class_counts)
             weights = None if weights is None else weights.to(device)
             lr = current_lr(optimizer)
+            train_loader.begin_epoch(epoch)  # after shuffle_state: draws the epoch's order
             result = train_one_epoch(
                 cfg, data, model, criterion, weights, train_loader, train_step, generators.augment, epoch,
                 history.steps, device, switches.sync_every, resume_at, stop_request, world,
@@ -488,7 +489,7 @@ def build_loaders(
     pin = device.type == "cuda"
     return (
         make_loader(data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
-                    generator=shuffle_gen, pin_memory=pin, world=world),
+                    generator=shuffle_gen, pin_memory=pin, world=world, seed=cfg.seed),
         make_loader(test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
                     pin_memory=pin),
     )

@@ -206,6 +206,32 @@ def test_split_works_through_make_loader_with_a_worker(bundle):
     assert seen == len(bundle.train)
 
 
+def test_crops_in_workers_depend_on_the_seed_and_epoch_only(bundle):
+    """Each batch's crops come from (seed, epoch, batch number): the same with one worker or two,
+    and whether or not the workers read an earlier epoch first (as a resumed run's do not);
+    another epoch or seed crops differently."""
+
+    def epoch_batches(epoch, num_workers=2, seed=7, after_epoch_0=False):
+        generator = torch.Generator()
+        loader = make_loader(bundle.train, 8, shuffle=True, num_workers=num_workers, generator=generator, seed=seed)
+        if after_epoch_0:
+            generator.manual_seed(0)
+            loader.begin_epoch(0)
+            list(loader)
+        generator.manual_seed(0)  # the same order every time: only the crops may differ
+        loader.begin_epoch(epoch)
+        return list(loader)
+
+    def same(a, b, part):
+        return len(a) == len(b) and all(torch.equal(x[part], y[part]) for x, y in zip(a, b))
+
+    expected = epoch_batches(1)
+    for other in (epoch_batches(1, num_workers=1), epoch_batches(1, after_epoch_0=True)):
+        assert same(other, expected, 0) and same(other, expected, 1)
+    for other in (epoch_batches(2), epoch_batches(1, seed=8)):
+        assert same(other, expected, 1) and not same(other, expected, 0)
+
+
 def test_transform_is_flip_and_normalise_only(bundle):
     assert bundle.transform.crop_padding == 0 and bundle.transform.hflip is True
     no_flip = build_coco(**coco_kwargs(bundle.info["source"], augment={"scale": [0.5, 1.0], "hflip": False}))

@@ -12,7 +12,7 @@ from dataset_files import write_cifar10, write_cifar100, write_idx, write_mnist_
 from imbalance_bench.data import create_dataset
 from imbalance_bench.data import mnist as mnist_module
 from imbalance_bench.data.cifar import load_cifar, read_cifar
-from imbalance_bench.data.images import BatchTransform, ImageSplit, make_loader, random_crop, random_hflip
+from imbalance_bench.data.images import BatchTransform, ImageSplit, make_loader, random_crop, random_hflip, worker_seed
 from imbalance_bench.data.mnist import IMAGE_MAGIC, bundled_mnist_folder, load_mnist, read_idx
 from imbalance_bench.errors import DataError
 
@@ -141,6 +141,37 @@ def test_training_loader_never_ends_on_a_single_image():
     assert [len(x) for x, _ in make_loader(split, 128, shuffle=False, num_workers=0)] == [128, 1]  # eval sees all
     split = ImageSplit(torch.zeros(130, 1, 2, 2, dtype=torch.uint8), torch.zeros(130, dtype=torch.long))
     assert [len(x) for x, _ in make_loader(split, 128, shuffle=True, num_workers=0)] == [128, 2]
+
+
+def test_the_order_takes_the_same_from_the_shuffle_stream_for_any_number_of_workers():
+    """Epoch after epoch, with or without workers, and however often an epoch's pass is started
+    (tqdm starts it twice; workers prefetch ahead): the same batches, and the generator left in
+    the same state."""
+    split = ImageSplit(torch.zeros(23, 1, 2, 2, dtype=torch.uint8), torch.arange(23))
+
+    def epochs(num_workers):
+        generator = torch.Generator().manual_seed(5)
+        loader = make_loader(split, 8, shuffle=True, num_workers=num_workers, generator=generator)
+        batches = []
+        for epoch in range(3):
+            loader.begin_epoch(epoch)
+            next(iter(loader))  # a pass started and dropped
+            batches.append([targets.tolist() for _, targets in loader])
+        return batches, generator.get_state()
+
+    (expected, state), (got, got_state) = epochs(0), epochs(2)
+    assert got == expected and torch.equal(got_state, state)
+    assert len({str(b) for b in expected}) == 3  # every epoch has its own order
+
+
+def test_worker_seeds_depend_on_seed_epoch_batch_and_rank_only():
+    seeds = {worker_seed(seed, epoch, batch, rank)
+             for seed in (0, 1) for epoch in (0, 1) for batch in (0, 1) for rank in (0, 1)}
+    assert len(seeds) == 16
+    before = worker_seed(3, 2, 1)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    assert worker_seed(3, 2, 1, rank=0) == before  # no global RNG involved
 
 
 def test_mnist_torchvision_layout_and_plain_files(tmp_path):

@@ -63,6 +63,8 @@ def test_each_process_gets_its_part_of_every_global_batch(count, one_process, tw
     for build in (
         lambda world: make_loader(split, 8, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(3),
                                   world=world),
+        lambda world: make_loader(split, 8, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(3),
+                                  world=world),
         lambda world: DeviceLoader(split, 8, shuffle=True, device=torch.device("cpu"),
                                    generator=torch.Generator().manual_seed(3), world=world),
     ):

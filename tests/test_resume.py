@@ -13,10 +13,11 @@ import time
 import pytest
 import torch
 
+from coco_files import write_coco
 from imbalance_bench.errors import EXIT_INTERRUPTED
 from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import ConfigError, DataError
-from imbalance_bench.train import TrainingDiverged, run
+from imbalance_bench.train import TrainingDiverged, run, run_job
 
 TIMING = ("train_time_s", "train_images_per_s")
 
@@ -66,6 +67,67 @@ def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp
     assert results(killed) == results(whole)  # every metric, loss and per-class value, bit for bit
     best = torch.load(killed / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert best["epoch"] == json.loads((killed / "metrics.json").read_text())["best_epoch"]
+
+
+# `python -c` body: the CLI, killed with SIGKILL right after it writes its first last.pt (epoch 1)
+KILLED_AFTER_EPOCH_1 = """
+import os, signal, sys
+import imbalance_bench.train as train
+from imbalance_bench.cli import main
+write = train.save_checkpoint
+def write_then_die(path, content):
+    write(path, content)
+    if path.name == "last.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+train.save_checkpoint = write_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_a_coco_run_with_workers_resumes_to_identical_results(compose_cfg, tmp_path, monkeypatch):
+    """trainer.num_workers=2 on COCO, whose random crops are drawn inside the workers: killed with
+    SIGKILL after epoch 1, or stopped by SIGTERM inside epoch 2 and continued with one worker, the
+    run ends bit-identical to an uninterrupted one (metrics, summary.csv, last weights)."""
+    import imbalance_bench.step as step_module
+
+    root = write_coco(tmp_path / "coco")
+    overrides = ["dataset=coco", f"dataset.root={root}", "dataset.image_size=32", "trainer.device=cpu",
+                 "trainer.epochs=2", "trainer.batch_size=8", "trainer.num_workers=2", "trainer.progress_bar=false",
+                 "optimizer.lr=0.01"]
+    whole, killed, stopped = tmp_path / "whole", tmp_path / "killed", tmp_path / "stopped"
+    run(compose_cfg(overrides), whole)
+
+    def weights(run_dir):
+        return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+    def assert_identical(run_dir):
+        (metrics, rows), (expected, expected_rows) = results(run_dir), results(whole)
+        metrics["config"]["trainer"].pop("num_workers"), expected["config"]["trainer"].pop("num_workers")
+        assert metrics == expected and rows == expected_rows
+        ours, theirs = weights(run_dir), weights(whole)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH_1, *overrides, f"hydra.run.dir={killed}"],
+                          cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1
+    assert run_job(compose_cfg(overrides), killed).outcome == "resumed"
+    assert_identical(killed)
+
+    original, calls = step_module.TrainStep.__call__, []
+
+    def signalled(self, inputs, targets, weights, loss_scale=1.0):
+        calls.append(1)
+        if len(calls) == 5:  # the second of epoch 2's three batches
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, inputs, targets, weights, loss_scale)
+
+    monkeypatch.setattr(step_module.TrainStep, "__call__", signalled)
+    with pytest.raises(Interrupted, match=r"after step 5 \(epoch 2\)"):
+        run(compose_cfg(overrides), stopped)
+    monkeypatch.setattr(step_module.TrainStep, "__call__", original)
+    run(compose_cfg([*overrides, "trainer.num_workers=1"]), stopped)
+    assert_identical(stopped)
 
 
 SMALL = ["dataset=mnist_lt", "dataset.imbalance_factor=10", "trainer.device=cpu", "trainer.epochs=1",

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from dataset_files import NumPy1Pickler, write_cifar10, write_cifar100, write_mnist_from_digits
-from imbalance_bench.checkpoint import Generators, Interrupted, load_checkpoint, rng_state, set_rng_state
+from imbalance_bench.checkpoint import Generators, load_checkpoint, rng_state, set_rng_state
+from imbalance_bench.signals import Interrupted
 from imbalance_bench.data.cifar import read_cifar
 from imbalance_bench.errors import EXIT_USER_ERROR, DataError
 from imbalance_bench.runfiles import save_checkpoint

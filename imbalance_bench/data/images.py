@@ -6,9 +6,11 @@ batches on the training device, so no per-sample Python sits in the hot loop.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
@@ -144,6 +146,85 @@ class ShardedBatchSampler:
             yield batch[rows.start : rows.stop]
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """RandomSampler's order of `split`, drawn once per epoch (`draw`) and replayed by every pass of
+    that epoch; before the first `draw`, each pass draws its own, as RandomSampler does.
+
+    A DataLoader starts a pass more than once per epoch (tqdm asks for an iterator twice), and
+    with workers it draws ahead as far as it prefetches, so an order drawn per pass would take
+    from `generator` an amount that depends on `num_workers`. `draw` takes a whole pass of
+    RandomSampler, exactly what a worker-less epoch takes."""
+
+    def __init__(self, split, generator: torch.Generator | None):
+        self.sampler = RandomSampler(split, generator=generator)
+        self.order: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def draw(self) -> None:
+        self.order = list(self.sampler)
+
+    def __iter__(self):
+        return iter(self.sampler if self.order is None else self.order)
+
+
+def worker_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
+    """The seed under which a DataLoader worker reads batch number `batch` of `epoch` for process
+    `rank` (whose part of the batch holds other images than the other processes' parts). It
+    depends on these alone, so the number of workers, which worker reads the batch and where the
+    run was resumed change nothing."""
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0])
+
+
+class SeededBatches:
+    """The batches of `batches`, each paired with its `worker_seed` for `epoch`."""
+
+    def __init__(self, batches, seed: int, rank: int = 0):
+        self.batches, self.seed, self.rank = batches, seed, rank
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for number, positions in enumerate(self.batches):
+            yield worker_seed(self.seed, self.epoch, number, self.rank), positions
+
+
+class SeededReads(torch.utils.data.Dataset):
+    """`split` as a DataLoader worker reads it: the worker's torch, NumPy and Python RNGs are set
+    from the batch's seed before the batch is read (COCO draws its crops from torch's)."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item):
+        seed, positions = item
+        torch.default_generator.manual_seed(seed)
+        np.random.seed(seed & 0xFFFF_FFFF)
+        random.seed(seed)
+        return self.split[positions]
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader that is told when an epoch starts (`begin_epoch`)."""
+
+    def __init__(self, dataset, order: EpochOrder | None, seeds: SeededBatches | None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.order, self.seeds = order, seeds
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Call before each epoch's pass: draws its order and sets its workers' seeds."""
+        if self.order is not None:
+            self.order.draw()
+        if self.seeds is not None:
+            self.seeds.epoch = epoch
+
+
 def make_loader(
     split: ImageSplit,
     batch_size: int,
@@ -152,25 +233,39 @@ def make_loader(
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
     world: World = World(),
-) -> DataLoader:
+    seed: int = 0,
+) -> EpochLoader:
     """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`; with several
     processes, this process's part of each global batch of `batch_size`.
 
-    See `drops_trailing_batch` for the trailing batch of a shuffled pass. With workers, their seeds
-    (and so any per-image randomness in them, e.g. COCO's crops) also come from `generator`, not the
-    global RNG.
+    See `drops_trailing_batch` for the trailing batch of a shuffled pass. `generator` gives the
+    order (`EpochOrder`) and nothing else, so the order is the same for any `num_workers`.
+    Workers read each batch under `worker_seed(seed, epoch, batch number, rank)` (the epoch from
+    `begin_epoch`), so any randomness in them (COCO's crops) is the same for any number of
+    workers and after a resume, mid-epoch included. Since every batch re-seeds its worker, the
+    workers persist across epochs (no start-up each epoch): their RNGs' history does not matter.
+    Without workers the readers draw from this process's global RNG, which a checkpoint holds.
     """
-    order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
+    order = EpochOrder(split, generator) if shuffle else None
     drop_last = drops_trailing_batch(len(split), batch_size, shuffle, world.size)
-    batches = BatchSampler(order, batch_size=batch_size, drop_last=drop_last)
-    return DataLoader(
-        split,
-        sampler=ShardedBatchSampler(batches, world) if world.distributed else batches,
+    batches = BatchSampler(SequentialSampler(split) if order is None else order, batch_size=batch_size,
+                           drop_last=drop_last)
+    if world.distributed:
+        batches = ShardedBatchSampler(batches, world)
+    if num_workers == 0:
+        # the DataLoader draws an (unused) base seed from the global RNG per pass, as it always did
+        return EpochLoader(split, order, None, sampler=batches, batch_size=None, pin_memory=pin_memory)
+    seeds = SeededBatches(batches, seed, world.rank)
+    return EpochLoader(
+        SeededReads(split), order, seeds,
+        sampler=seeds,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        generator=generator if num_workers > 0 else None,
+        persistent_workers=True,
+        # its base seed is overridden by every batch's: drawn from a private generator, it takes
+        # nothing from the shuffle stream or the global RNG
+        generator=torch.Generator(),
     )
 
 
@@ -203,6 +298,9 @@ class DeviceLoader:
     def __len__(self) -> int:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Nothing to do: each pass draws its order when it starts (nothing draws ahead here)."""
 
     def __iter__(self):
         n = len(self.images)
