@@ -11,9 +11,10 @@ def main() -> None:
     try:
         with stop_at_once():
             from imbalance_bench.cli import main as cli_main
-    except Interrupted as exc:
+
+            cli_main()  # its own stop_at_once nests in this one
+    except Interrupted as exc:  # during the imports above
         raise SystemExit(report_stop("imbench", exc)) from None
-    cli_main()
 
 
 if __name__ == "__main__":

@@ -5,15 +5,11 @@ gradient scaler and loss state, every random-number generator (Python, NumPy, to
 and CUDA, and the run's own shuffle and augmentation generators), the epoch records so far and
 the config. A run restored from the checkpoint of epoch k therefore continues exactly as the
 uninterrupted run continued after epoch k (on the CPU; on CUDA up to cuDNN's non-determinism).
-<<<<<<< HEAD
-Randomness inside DataLoader workers (COCO's crops) is the exception: workers are re-seeded.
+Randomness inside DataLoader workers (COCO's crops) needs no state: each batch is read under a seed
+derived from the run's seed, the epoch and the batch's number (data/images.py, `make_loader`).
 
 A checkpoint holds tensors and plain values only (NumPy's RNG keys are stored as a tensor), so it
 is read with torch's weights-only loader: a crafted file cannot run code when a run resumes from it.
-=======
-Randomness inside DataLoader workers (COCO's crops) needs no state: each batch is read under a seed
-derived from the run's seed, the epoch and the batch's number (data/images.py, `make_loader`).
->>>>>>> worker-seeds
 """
 
 from __future__ import annotations

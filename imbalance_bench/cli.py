@@ -81,7 +81,7 @@ def hydra_app(cfg: DictConfig) -> float:
     if sweeping:
         if "joblib" in launcher:
             pin_to_gpu(cfg, int(hydra_cfg.job.num))
-            SweepStop.ignore_between_jobs()
+            SweepStop.join_as_worker(Path(hydra_cfg.sweep.dir))
         stopped_by = SweepStop.requested(Path(hydra_cfg.sweep.dir))
         if stopped_by is not None:
             record_job(hydra_cfg, "stopped", f"not started: the sweep was stopped by {stopped_by}")
@@ -100,7 +100,7 @@ def hydra_app(cfg: DictConfig) -> float:
         if not sweeping:
             raise  # main prints its line
         if "submitit" in launcher:  # one SLURM job per sweep job: it ends here, and may be requeued
-            say_error(str(exc))
+            report_stop("imbench", exc)
             hand_over_to_scheduler(exc.signum)
             raise SystemExit(EXIT_INTERRUPTED) from None
         return job_stopped(hydra_cfg, exc)
@@ -194,6 +194,7 @@ class SweepStop:
     summary line and sweep.json, the workers are shut down, and `imbench` exits 75."""
 
     MARKER = "stop"
+    WORKER = "worker-"  # .jobs/worker-PID: a joblib worker ready for a stop signal
     sweep_dir: Path | None = None
     signal: str | None = None  # the signal that stopped the sweep, once one did
     _previous: dict = {}
@@ -201,13 +202,15 @@ class SweepStop:
     @classmethod
     def start(cls, sweep_dir: Path) -> None:
         cls.sweep_dir, cls.signal = sweep_dir, None
-        (sweep_dir / JOB_RECORDS / cls.MARKER).unlink(missing_ok=True)
+        for stale in [sweep_dir / JOB_RECORDS / cls.MARKER, *(sweep_dir / JOB_RECORDS).glob(f"{cls.WORKER}*")]:
+            stale.unlink(missing_ok=True)
         os.environ[SWEEP_PARENT] = str(os.getpid())  # the joblib workers started from here inherit it
         if threading.current_thread() is threading.main_thread():
             cls._previous = {s: signal.signal(s, cls._handle) for s in SIGNALS}
 
     @classmethod
     def end(cls) -> None:
+        """Put the handlers back and shut joblib's workers down; also when the sweep itself failed."""
         for signum, handler in cls._previous.items():
             signal.signal(signum, handler)
         cls._previous = {}
@@ -223,7 +226,7 @@ class SweepStop:
         cls.request(cls.sweep_dir, signal_name(signum))
         if signum == signal.SIGINT and from_terminal():
             return  # Ctrl-C reached the workers too: a second one would stop them before their checkpoint
-        for pid in joblib_worker_pids():
+        for pid in cls.workers(cls.sweep_dir):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
@@ -245,13 +248,24 @@ class SweepStop:
             return None
 
     @staticmethod
-    def ignore_between_jobs() -> None:
-        """In a joblib worker: a stop signal between two jobs must not kill the worker (joblib would
-        then abort the sweep); the launching process has already kept the next jobs from starting."""
-        if os.environ.get(SWEEP_PARENT) not in (None, str(os.getpid())):
-            for signum in SIGNALS:
-                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
-                    signal.signal(signum, signal.SIG_IGN)
+    def join_as_worker(sweep_dir: Path) -> None:
+        """In a joblib worker, before its job: a stop signal between two jobs must not kill the worker
+        (joblib would then abort the sweep), so it is ignored there; the launching process has kept
+        the next jobs from starting. Only then does the worker list itself (`.jobs/worker-PID`) for
+        the launching process to pass a signal on to: a worker still starting up gets none, and
+        finds the stop marker when its first job begins."""
+        if os.environ.get(SWEEP_PARENT) in (None, str(os.getpid())):
+            return  # the launching process itself
+        for signum in SIGNALS:
+            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                signal.signal(signum, signal.SIG_IGN)
+        (sweep_dir / JOB_RECORDS).mkdir(parents=True, exist_ok=True)
+        (sweep_dir / JOB_RECORDS / f"{SweepStop.WORKER}{os.getpid()}").touch()
+
+    @staticmethod
+    def workers(sweep_dir: Path) -> list[int]:
+        """The PIDs of the joblib workers that can take a stop signal now."""
+        return [int(p.name.removeprefix(SweepStop.WORKER)) for p in (sweep_dir / JOB_RECORDS).glob(f"{SweepStop.WORKER}*")]
 
 
 SWEEP_PARENT = "IMBENCH_SWEEP_PARENT"  # the PID of the process that launched the sweep
@@ -263,14 +277,6 @@ def from_terminal() -> bool:
         return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
     except (OSError, ValueError):
         return False
-
-
-def joblib_worker_pids() -> list[int]:
-    """The PIDs of this process's joblib (loky) worker processes."""
-    from joblib.externals.loky import reusable_executor
-
-    executor = reusable_executor._executor
-    return list(getattr(executor, "_processes", {}) or {}) if executor is not None else []
 
 
 def shut_down_workers() -> None:
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                     raise stopped_now(received()) from None
                 raise
         except Interrupted as exc:
-            raise SystemExit(report_stop("imbench", exc) if world_from_env().is_main else EXIT_INTERRUPTED) from None
+            raise SystemExit(report_stop("imbench", exc)) from None
 
 
 def run_command(argv: list[str]) -> None:
@@ -339,6 +345,7 @@ def run_command(argv: list[str]) -> None:
     try:
         hydra_app()
     finally:
+        SweepStop.end()  # a no-op when the sweep's end already did it, or for a single run
         close_world()
     failed = f"{len(FAILED_JOBS)} job(s) of the sweep failed (their errors are above): {'; '.join(FAILED_JOBS)}"
     if SweepStop.signal is not None:

@@ -55,6 +55,13 @@ class RunDirLock:
                     fd, created = os.open(self.path, os.O_RDWR | os.O_CLOEXEC), False
                 except FileNotFoundError:  # its holder removed it just now
                     continue
+                except OSError as exc:  # e.g. left by another user's killed run
+                    raise DataError(f"{self.path}: cannot open the run directory's lock file "
+                                    f"({os.strerror(exc.errno or errno.EIO)}); remove it if no run uses this "
+                                    "directory, or use another run directory") from None
+            except OSError as exc:
+                raise DataError(f"{self.path}: cannot create the run directory's lock file "
+                                f"({os.strerror(exc.errno or errno.EIO)}); use another run directory") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -101,18 +108,20 @@ class RunDirLock:
 
 @contextmanager
 def claimed(run_dir: Path, world) -> Iterator[RunDirLock]:
-    """The run directory locked for this run; in a DDP run (`world`) rank 0 holds the lock and every
-    process raises RunDirBusy when it is taken."""
+    """The run directory locked for this run and checked (`check_outputs`); in a DDP run (`world`) rank 0
+    holds the lock and checks, and every process raises the DataError it meets."""
     lock, error = RunDirLock(run_dir), None
     if world.is_main:
         try:
             lock.acquire()
-        except RunDirBusy as exc:
+            check_outputs(run_dir)
+        except DataError as exc:
+            lock.release()
             error = str(exc)
     if world.distributed:
-        error = world.broadcast(error)
+        error = world.broadcast(error)  # every process stops on rank 0's finding, with rank 0's line
     if error is not None:
-        raise RunDirBusy(error)
+        raise DataError(error)
     try:
         yield lock
     finally:
@@ -144,9 +153,9 @@ def check_writable(folder: Path, key: str) -> None:
 
 
 def check_outputs(run_dir: Path) -> None:
-    """Before any data is read: the run directory can be written, and no folder stands where the
-    run writes a file (or a file where it makes a folder), which would only fail after training."""
-    check_writable(run_dir, "hydra.run.dir")
+    """Before any data is read: the run directory can be written (a real write, which also catches a
+    read-only file system), and no folder stands where the run writes a file (or a file where it
+    makes a folder), which would only fail after training."""
     probe = run_dir / f".write-check-{os.getpid()}"
     try:
         probe.touch()

@@ -15,6 +15,7 @@ Only the standard library is imported here: `imbench` installs these handlers be
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -83,8 +84,9 @@ def _restore(previous: dict[int, Any]) -> None:
 def stop_at_once() -> Iterator[None]:
     """Within the block a stop signal raises `Interrupted` at once; the handlers before are put back after."""
     previous = _install(_stop_now)
-    set_stage("start-up")
-    _received.clear()
+    if _stop_now not in previous.values():  # the outermost block: a command starts
+        set_stage("start-up")
+        _received.clear()
     try:
         yield
     finally:
@@ -92,9 +94,11 @@ def stop_at_once() -> Iterator[None]:
 
 
 def report_stop(prog: str, exc: Interrupted) -> int:
-    """Print the one line of a stopped command (`PROG: stopped by ...`, not an error) and return its exit code."""
-    sys.stderr.write(f"{prog}: {exc}\n")
-    sys.stderr.flush()
+    """Print the one line of a stopped command (`PROG: stopped by ...`, not an error; in a torchrun
+    run from rank 0 alone) and return its exit code."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"{prog}: {exc}\n")
+        sys.stderr.flush()
     return EXIT_INTERRUPTED
 
 

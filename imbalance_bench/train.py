@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -47,7 +48,7 @@ from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, singl
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
 from imbalance_bench.report import format_summary
-from imbalance_bench.rundir import check_outputs, check_writable, claimed, remove_leftovers, write_hydra_record
+from imbalance_bench.rundir import check_writable, claimed, remove_leftovers, write_hydra_record
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
 from imbalance_bench.signals import Interrupted, StopRequest, set_stage
 from imbalance_bench.step import (
@@ -84,7 +85,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
     check_combinations(cfg)
     world = current_world()
     run_dir = Path(run_dir)
-    check_writable(run_dir, "hydra.run.dir")
+    check_writable(run_dir, run_dir_key())  # Hydra has made it already; a direct call of `run` may not have
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved_config = OmegaConf.to_container(cfg, resolve=True)
     with claimed(run_dir, world) as lock:
@@ -96,13 +97,19 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
         checkpoint_path = find_checkpoint(cfg, run_dir)
         checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
         if world.is_main:
-            check_outputs(run_dir)
             lock.announce()
             remove_leftovers(run_dir)
             if HydraConfig.initialized():
                 write_hydra_record(run_dir, cfg)
         metrics = train_and_write(cfg, run_dir, resolved_config, checkpoint, world)
     return JobResult("trained" if checkpoint is None else "resumed", metrics)
+
+
+def run_dir_key() -> str:
+    """The config key that chose the run directory, for messages about it."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return "hydra.sweep.dir"
+    return "hydra.run.dir"
 
 
 def train_and_write(cfg: DictConfig, run_dir: Path, resolved_config: dict[str, Any],

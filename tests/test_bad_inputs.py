@@ -314,27 +314,24 @@ def test_a_damaged_file_is_one_line_and_the_earlier_run_is_intact(compose_cfg, t
     assert "metrics.json" not in after or damage is another_configs_metrics
 
 
-def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(data_root, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(data_root, tmp_path,
+                                                                              imbench_in_process):
     """Different overrides in a finished run's directory: refused with one line before Hydra's or the
     run's files are written, so every file, .hydra/ and imbench.log included, stays byte for byte."""
     from conftest import SMOKE
 
-    monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     overrides = [*SMOKE, f"dataset.root={data_root}", "dataset.limit_train=200", "dataset.limit_test=50",
                  f"hydra.run.dir={run_dir}"]
-    cli.main(overrides)
+    code, err = imbench_in_process(*overrides)
+    assert code == 0, err
     assert (run_dir / ".hydra" / "overrides.yaml").is_file() and (run_dir / "metrics.json").is_file()
     before = snapshot(run_dir)
-    capsys.readouterr()
 
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([*overrides, "loss.gamma=1.5"])
+    code, err = imbench_in_process(*overrides, "loss.gamma=1.5")
 
-    assert exit_info.value.code == EXIT_USER_ERROR
-    assert_one_line(capsys.readouterr().err, f"{run_dir / 'metrics.json'} holds a completed run of another config "
-                    "(differs in loss.gamma)")
+    assert code == EXIT_USER_ERROR
+    assert_one_line(err, f"{run_dir / 'metrics.json'} holds a completed run of another config (differs in loss.gamma)")
     assert snapshot(run_dir) == before
 
 

@@ -65,9 +65,11 @@ IDX_CASES = [
     ("a zero dimension", IMAGES, idx_header([30, 0, 28]), "the dimensions [30, 0, 28]; each must be >= 1"),
     # 2**22 * 2**21 * 2**21 = 2**64: a product in 64-bit integers wraps to 0, matching the empty payload
     ("dimensions whose product overflows", IMAGES, idx_header([2**22, 2**21, 2**21]),
-     "holds 0 bytes of data, header says 18446744073709551616"),
+     f"the dimensions {[2**22, 2**21, 2**21]} (18446744073709551616 bytes); more than the 4 GiB"),
     ("absurd dimensions", IMAGES, idx_header([2**32 - 1] * 3) + bytes(10),
-     f"holds 10 bytes of data, header says {(2**32 - 1) ** 3}"),
+     f"({(2**32 - 1) ** 3} bytes); more than the 4 GiB this reader takes"),
+    ("a payload shorter than the header says", IMAGES, idx_header([30, 28, 28]) + bytes(10),
+     f"holds 10 bytes of data, header says {30 * 28 * 28}"),
     ("more data than the header says", IMAGES, idx_header([30, 28, 28]) + bytes(30 * 28 * 28 + 5),
      f"holds more than {30 * 28 * 28} bytes of data"),
     ("float data", IMAGES, idx_header([30, 28, 28], type_code=0x0D) + bytes(30 * 28 * 28 * 4),

@@ -423,6 +423,27 @@ def test_a_user_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
     assert not list(tmp_path.rglob("metrics.json"))
 
 
+def test_under_torchrun_a_busy_run_directory_is_refused_by_every_process_in_one_line(tmp_path, data_root):
+    """Another process holds the run directory: rank 0 finds its lock taken, every process stops, rank 0
+    alone says so, naming the holder, and nothing is written there."""
+    from test_bad_inputs import snapshot
+    from test_run_dir import lock_holder
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = lock_holder(run_dir)
+    try:
+        before = snapshot(run_dir)
+        proc = run_torchrun([*EQUIVALENCE, f"dataset.root={data_root}", f"hydra.run.dir={run_dir}"], tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("imbench: error:")]
+    assert len(errors) == 1 and f"in use by PID {holder.pid} on " in errors[0], proc.stderr[-3000:]
+    assert snapshot(run_dir) == before
+
+
 def test_rank_0_resolves_the_run_directory_and_the_others_are_quiet(monkeypatch):
     """The run directory goes to every process as one quoted override (whatever its characters);
     processes other than rank 0 also get no .hydra/ and no log file, replacing the user's choice."""

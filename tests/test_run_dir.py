@@ -22,6 +22,7 @@ import pytest
 
 from conftest import IMBENCH, SMOKE, imbench_environment
 from test_bad_inputs import snapshot
+from test_resume import KILLED_AFTER_EPOCH_1
 from imbalance_bench import cli
 from imbalance_bench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from imbalance_bench.rundir import LOCK_FILE, RunDirLock, remove_leftovers
@@ -106,15 +107,11 @@ def test_a_killed_run_resumes_and_its_leftover_temporary_files_are_removed(smoke
     """kill -9 in the middle of training: the lock it held does not block the same command, which
     resumes from the checkpoint and removes the `.tmp` files of the atomic writes it cut short."""
     run_dir = tmp_path / "run"
-    args = [*smoke, "trainer.epochs=4", "trainer.max_steps=null", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([*IMBENCH, *args], cwd=tmp_path, env=imbench_environment(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [*smoke, "trainer.epochs=2", "trainer.max_steps=null", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH_1, *args], cwd=tmp_path,
+                          env=imbench_environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     last = run_dir / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 240
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert last.exists() and (run_dir / LOCK_FILE).exists()
     leftover = run_dir / "checkpoints" / ".last.pt.abc123.tmp"  # as a kill during the write leaves it
     leftover.write_bytes(b"half a checkpoint")
@@ -123,7 +120,7 @@ def test_a_killed_run_resumes_and_its_leftover_temporary_files_are_removed(smoke
     assert code == 0, err
     assert "resuming after epoch" in (run_dir / "imbench.log").read_text()
     assert not leftover.exists() and not (run_dir / LOCK_FILE).exists()
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 4
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 2
 
 
 def test_default_run_directories_of_launches_in_the_same_second_differ():
@@ -220,11 +217,22 @@ def test_leftovers_are_only_the_temporary_files_of_atomic_writes(tmp_path):
 # ------------------------------------------------------------------ stop signals anywhere
 
 
+def handles(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (SigCgt in /proc)."""
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 @pytest.mark.parametrize("signum, word", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
 def test_a_signal_during_start_up_is_one_line_and_exit_75(tmp_path, signum, word):
     proc = subprocess.Popen([*IMBENCH, "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
                             env=imbench_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # importing torch and Hydra takes seconds
+    deadline = time.monotonic() + 60
+    while not handles(proc.pid, signal.SIGTERM):  # imbench's handlers are in: its heavy imports begin
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.01)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
@@ -329,5 +337,7 @@ def test_sigterm_to_a_packed_sweep_stops_every_job_with_a_checkpoint(smoke, tmp_
     for job in ("0", "1"):
         assert not (sweep / job / "metrics.json").exists() and not list((sweep / job).rglob("*.tmp"))
     assert not (sweep / "2" / "checkpoints").exists()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workers and loky's resource tracker exit on their own
     assert workers and not [pid for pid in workers if alive(pid)]

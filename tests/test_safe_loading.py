@@ -272,3 +272,12 @@ def test_cifar_labels_that_are_not_class_indices_name_the_file(tmp_path, labels,
     with pytest.raises(DataError) as error:
         read_cifar(tmp_path, "cifar10")
     assert str(error.value) == f"{path}: labels must be a list of integers in 0..9 (found {found})"
+
+
+def test_cifar_pixels_outside_a_byte_name_the_file(tmp_path):
+    folder = write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    path = folder / "test_batch"
+    path.write_bytes(pickle.dumps({"data": np.full((2, 3072), 300, dtype=np.int64), "labels": [0, 1]}))
+    with pytest.raises(DataError) as error:
+        read_cifar(tmp_path, "cifar10")
+    assert str(error.value) == f"{path}: 'data' holds values outside 0..255 (300..300); CIFAR pixels are bytes"

@@ -119,6 +119,9 @@ def _read_batches(folder: Path, files: tuple[str, ...], layout: CifarLayout) -> 
                 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch_labels)):
             found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise DataError(f"{path}: expected 'data' as integers of shape (N, 3072) and N labels, got {found}")
+        if data.dtype != np.uint8 and len(data) and (data.min() < 0 or data.max() > 255):
+            raise DataError(f"{path}: 'data' holds values outside 0..255 ({data.min()}..{data.max()}); "
+                            "CIFAR pixels are bytes")
         data = data.astype(np.uint8, copy=False)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(batch_labels)

@@ -56,13 +56,16 @@ def _read_at_most(fh, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_IDX_BYTES = 4 << 30  # a header claiming more is damaged or crafted: it is refused before any read
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """Read one idx file (optionally gzipped) after checking its header against `magic`.
 
     The data type and number of dimensions must be those of `magic`, every dimension >= 1, and
-    the payload exactly their product in bytes (Python integers: no overflow). Only that many
-    bytes plus one are read, so neither a header's absurd size nor a compressed file that
-    expands far beyond its header's claim can exhaust memory.
+    the payload exactly their product in bytes (Python integers: no overflow) and at most
+    MAX_IDX_BYTES. Only that many bytes plus one are read, so neither a header's absurd size nor
+    a compressed file that expands far beyond its header's claim can exhaust memory.
     """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -85,6 +88,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
             if 0 in dims:
                 raise DataError(f"{path}: idx header gives the dimensions {dims}; each must be >= 1")
             expected = math.prod(dims)
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: idx header gives the dimensions {dims} ({expected} bytes); more than "
+                                f"the {MAX_IDX_BYTES >> 30} GiB this reader takes (all of MNIST is 55 MB)")
             payload = _read_at_most(fh, expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: unreadable idx file ({exc})") from None
