@@ -78,16 +78,16 @@ def hydra_app(cfg: DictConfig) -> float:
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
-    if sweeping:
-        if "joblib" in launcher:
-            pin_to_gpu(cfg, int(hydra_cfg.job.num))
-            SweepStop.join_as_worker(Path(hydra_cfg.sweep.dir))
-        stopped_by = SweepStop.requested(Path(hydra_cfg.sweep.dir))
-        if stopped_by is not None:
-            record_job(hydra_cfg, "stopped", f"not started: the sweep was stopped by {stopped_by}")
-            return float("nan")
+    if sweeping and "joblib" in launcher:
+        pin_to_gpu(cfg, int(hydra_cfg.job.num))
+        SweepStop.join_as_worker(Path(hydra_cfg.sweep.dir))
     try:
         with stop_at_once():
+            # after the handlers are in: a stop from here on either left the marker or reaches this job
+            stopped_by = SweepStop.requested(Path(hydra_cfg.sweep.dir)) if sweeping else None
+            if stopped_by is not None:
+                record_job(hydra_cfg, "stopped", f"not started: the sweep was stopped by {stopped_by}")
+                return float("nan")
             try:
                 from imbalance_bench.train import run_job
 
@@ -265,7 +265,8 @@ class SweepStop:
     @staticmethod
     def workers(sweep_dir: Path) -> list[int]:
         """The PIDs of the joblib workers that can take a stop signal now."""
-        return [int(p.name.removeprefix(SweepStop.WORKER)) for p in (sweep_dir / JOB_RECORDS).glob(f"{SweepStop.WORKER}*")]
+        listed = (sweep_dir / JOB_RECORDS).glob(f"{SweepStop.WORKER}*")
+        return [int(path.name.removeprefix(SweepStop.WORKER)) for path in listed]
 
 
 SWEEP_PARENT = "IMBENCH_SWEEP_PARENT"  # the PID of the process that launched the sweep
