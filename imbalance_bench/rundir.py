@@ -33,10 +33,11 @@ class RunDirBusy(DataError):
 
 
 class RunDirLock:
-    """`flock` on `<run dir>/.imbench.lock`: one process trains in a run directory at a time.
+    """A POSIX lock (`lockf`) on `<run dir>/.imbench.lock`: one process trains in a run directory at a time.
 
     The kernel releases the lock when its holder dies, so the file left by a killed run never blocks
-    the next. The holder writes its PID and host into the file once its run is under way (`announce`),
+    the next. A POSIX lock, unlike `flock`, is not shared with forked children (DataLoader workers),
+    which may outlive a killed run by seconds; it is the holder's alone. The holder writes its PID and host into the file once its run is under way (`announce`),
     for the line that refuses a second process, and removes the file when it ends; a process that is
     refused, or finds the run complete, leaves the directory as it found it."""
 
@@ -63,8 +64,13 @@ class RunDirLock:
                 raise DataError(f"{self.path}: cannot create the run directory's lock file "
                                 f"({os.strerror(exc.errno or errno.EIO)}); use another run directory") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    os.close(fd)
+                    raise DataError(f"{self.path}: cannot lock the run directory's lock file "
+                                    f"({os.strerror(exc.errno)}); use a run directory on a file system that "
+                                    "supports locks") from None
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process that is starting"
                 os.close(fd)
                 raise RunDirBusy(f"{self.path.parent}: the run directory is in use by {holder}; wait for that run "

@@ -60,19 +60,31 @@ def test_a_sweep_rerun_with_its_values_reordered_relabels_nothing(smoke, tmp_pat
 # ------------------------------------------------------------------ one run directory, one process
 
 
-def lock_holder(run_dir: Path) -> subprocess.Popen:
-    """Another process holding the run directory's lock (as a training run does); returns once it holds it."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from imbalance_bench.rundir import RunDirLock; "
-         "lock = RunDirLock(sys.argv[1]).acquire(); lock.announce(); print('held', flush=True); time.sleep(60)",
-         str(run_dir)], stdout=subprocess.PIPE, text=True, env=imbench_environment())
+HOLD_LOCK = """
+import os, sys, time
+from imbalance_bench.rundir import RunDirLock
+lock = RunDirLock(sys.argv[1]).acquire()
+lock.announce()
+if sys.argv[2:] and os.fork() == 0:  # a child, as a DataLoader worker is forked, with the lock file open
+    time.sleep(60)
+    os._exit(0)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def lock_holder(run_dir: Path, *fork_child: str) -> subprocess.Popen:
+    """Another process holding the run directory's lock (as a training run does), with a forked child
+    when `fork_child` is given; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir), *fork_child], stdout=subprocess.PIPE,
+                              text=True, env=imbench_environment())
     assert holder.stdout.readline().strip() == "held"
     return holder
 
 
 def test_a_second_process_in_a_busy_run_directory_is_refused_naming_the_holder(smoke, tmp_path,
                                                                               imbench_in_process):
-    """The holder is another process holding the lock (flock): imbench exits 2 naming its PID and host,
+    """The holder is another process holding the lock: imbench exits 2 naming its PID and host,
     and writes nothing."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -90,15 +102,22 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_naming_the_holder(s
 
 
 def test_a_lock_left_by_a_killed_run_never_blocks(tmp_path):
+    """kill -9 of the holder frees the directory at once, even while a child it forked (a DataLoader
+    worker, say) lives on with the lock file open."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    holder = lock_holder(run_dir)
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    assert f"PID {holder.pid}" in (run_dir / LOCK_FILE).read_text()  # left behind, as kill -9 leaves it
-    with RunDirLock(run_dir) as lock:
-        lock.announce()
-        assert f"PID {os.getpid()}" in (run_dir / LOCK_FILE).read_text()
+    holder = lock_holder(run_dir, "fork a child")
+    [child] = children_of(holder.pid)
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert alive(child)
+        assert f"PID {holder.pid}" in (run_dir / LOCK_FILE).read_text()  # left behind, as kill -9 leaves it
+        with RunDirLock(run_dir) as lock:
+            lock.announce()
+            assert f"PID {os.getpid()}" in (run_dir / LOCK_FILE).read_text()
+    finally:
+        os.kill(child, signal.SIGKILL)
     assert not (run_dir / LOCK_FILE).exists()
 
 
