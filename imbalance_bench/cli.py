@@ -381,10 +381,11 @@ def preflight(argv: list[str]) -> list[list[str]]:
         return []  # a user config tree: Hydra reports its own composition errors
     jobs = expand_jobs(args.overrides, multirun=args.multirun)
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        compose = SweepComposer() if len(jobs) > 1 else compose_job
         for overrides in jobs:
             check_group_options(overrides)
             check_added_keys(overrides)
-            cfg = compose_job(overrides)
+            cfg = compose(overrides)
             validate(cfg)
             check_combinations(cfg)
             check_ddp(cfg, world)
@@ -490,13 +491,19 @@ def check_added_keys(overrides: list[str]) -> None:
         compose_job([o.input_line.lstrip("+") if o in added else o.input_line for o in parsed])
 
 
+_GROUP_OPTIONS: dict[str, list[str]] = {}  # conf/ and the installed plugins do not change while imbench runs
+
+
 def group_options(loader, group: str) -> list[str]:
     """Every option of a config group, nested ones as `sub/name` (conf/experiment/cui2019_table2/softmax.yaml
-    is `experiment=cui2019_table2/softmax`), sorted."""
-    options = list(loader.get_group_options(group))
-    for sub in loader.list_groups(group):
-        options += [f"{sub}/{name}" for name in group_options(loader, f"{group}/{sub}")]
-    return sorted(options)
+    is `experiment=cui2019_table2/softmax`), sorted. Listed once per process: Hydra reads the
+    config sources again on each call, which a sweep of many jobs would pay per job."""
+    if group not in _GROUP_OPTIONS:
+        options = list(loader.get_group_options(group))
+        for sub in loader.list_groups(group):
+            options += [f"{sub}/{name}" for name in group_options(loader, f"{group}/{sub}")]
+        _GROUP_OPTIONS[group] = sorted(options)
+    return _GROUP_OPTIONS[group]
 
 
 def compose_job(overrides: list[str]) -> DictConfig:
@@ -505,14 +512,58 @@ def compose_job(overrides: list[str]) -> DictConfig:
     key) is found here, before anything runs. Any composition error is a ConfigError naming the key."""
     try:
         cfg = hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
-        for key in cfg:
-            if key != "hydra":
-                node = cfg[key]  # resolves a top-level value
-                if OmegaConf.is_config(node):
-                    OmegaConf.to_container(node, resolve=True)
+        resolve_values(cfg)
     except Exception as exc:
         raise composition_error(exc, overrides) from None
     return cfg
+
+
+class SweepComposer:
+    """`compose_job` for the many jobs of a sweep, composing each set of group choices once.
+
+    Hydra composes a job in two stages: the group choices (`loss=focal`, `experiment=...`) build the
+    defaults list and the config from it, then the value overrides (`seed=1`,
+    `dataset.imbalance_factor=10`) are merged into that config in order. The jobs of a grid mostly
+    share their group choices, so here the first stage runs once per distinct set of them and the
+    second, Hydra's own merge, once per job; a 72-job table is checked in a fraction of the time."""
+
+    def __init__(self) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self._parser = OverridesParser.create()
+        self._groups = set(GlobalHydra.instance().config_loader().list_groups(""))
+        self._bases: dict[tuple[str, ...], DictConfig] = {}
+
+    def is_value(self, override) -> bool:
+        """A value override (merged after composition), not a group choice."""
+        key = override.key_or_group
+        return override.package is None and "/" not in key and ("." in key or key not in self._groups)
+
+    def __call__(self, overrides: list[str]) -> DictConfig:
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        parsed = self._parser.parse_overrides(overrides)
+        choices = tuple(o.input_line for o in parsed if not self.is_value(o))
+        if choices not in self._bases:
+            self._bases[choices] = compose_job(list(choices))
+        cfg = copy.deepcopy(self._bases[choices])
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if self.is_value(o)], cfg)
+            resolve_values(cfg)
+        except Exception as exc:
+            raise composition_error(exc, overrides) from None
+        return cfg
+
+
+def resolve_values(cfg: DictConfig) -> None:
+    """Resolve every value outside `hydra`: an interpolation that cannot be resolved raises here."""
+    for key in cfg:
+        if key != "hydra":
+            node = cfg[key]  # resolves a top-level value
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
 
 
 def composition_error(exc: Exception, overrides: list[str]) -> ConfigError:

@@ -39,13 +39,54 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100.0 * value:6.2f}"
 
 
+GREEK = {"gamma": "γ", "beta": "β", "alpha": "α", "rho": "ρ"}
+NOT_PARAMETERS = ("_target_", "_partial_", "_recursive_", "name")
+
+
+def describe_choice(group: str, node: dict) -> str:
+    """`group=name(key=value, ...)` with every key of the option that sets the method (a wrapper
+    loss shows its base's keys nested; DRW's `start_epoch` only when it defers), e.g.
+    `loss=focal(γ=2, softmax=false)`, `reweight=cb(β=0.9999)`, `reweight=none`."""
+    shown = []
+    for key, value in sorted(node.items(), key=lambda item: item[0] == "start_epoch"):  # DRW last
+        if key in NOT_PARAMETERS or (key == "start_epoch" and not value):
+            continue
+        if isinstance(value, dict):
+            if key == node.get("base"):  # PLM: the base loss's keys, under its name
+                shown = [part for part in shown if part != f"base={key}"]
+                shown.insert(0, "base=" + describe_choice("", value).lstrip("="))
+            continue
+        text = str(value).lower() if isinstance(value, bool) else _number(value) if isinstance(value, float) else value
+        shown.append(f"{GREEK.get(key, key)}={text}")
+    prefix = f"{group}=" if group else ""
+    return f"{prefix}{node.get('name')}" + (f"({', '.join(shown)})" if shown else "")
+
+
+def describe_run(config: dict) -> str:
+    """The run's one-line header, from its resolved config: dataset, model, the method in full and the
+    recipe, e.g. `mnist_lt IF 100 | resnet32 | loss=focal(γ=2, softmax=false) reweight=cb(β=0.9999) |
+    SGD lr 0.1, 4 epochs of batch 128, seed 0`."""
+    dataset, trainer = config["dataset"], config["trainer"]
+    factor = dataset.get("imbalance_factor")
+    data = dataset["name"] + ("" if factor is None else f" IF {_number(float(factor))}")
+    if dataset.get("imbalance_type") == "step":
+        data += " step"
+    optimizer = str(config["optimizer"].get("_target_", "")).rpartition(".")[2]
+    length = f"{trainer['epochs']} epochs" + (f" (stop at step {trainer['max_steps']})" if trainer.get("max_steps") else "")
+    return (f"{data} | {config['model']['name']} | {describe_choice('loss', config['loss'])} "
+            f"{describe_choice('reweight', config['reweight'])} | {optimizer} lr "
+            f"{_number(float(config['optimizer']['lr']))}, {length} of batch {trainer['batch_size']}, seed {config['seed']}")
+
+
 def format_summary(metrics: dict[str, Any]) -> str:
     """A small text table: each metric at the last epoch and at the best epoch (in %)."""
     best_epoch = metrics["best_epoch"]
     header = f"{'metric':<16} {'last':>7} {'best':>7}"
+    config = metrics.get("config")
+    title = (describe_run(config) if isinstance(config, dict) else
+             f"{metrics['dataset']} | {metrics['model']} | loss={metrics['loss']} reweight={metrics['reweight']}")
     lines = [
-        f"{metrics['dataset']} | {metrics['model']} | loss={metrics['loss']} reweight={metrics['reweight']} | "
-        f"epochs {metrics['epochs_completed']}, best epoch {best_epoch} by test {metrics['monitor']}",
+        f"{title} | epochs {metrics['epochs_completed']}, best epoch {best_epoch} by test {metrics['monitor']}",
         header,
         "-" * len(header),
     ]

@@ -47,7 +47,7 @@ from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
-from imbalance_bench.report import format_summary
+from imbalance_bench.report import describe_run, format_summary
 from imbalance_bench.rundir import check_writable, claimed, remove_leftovers, write_hydra_record
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
 from imbalance_bench.signals import Interrupted, StopRequest, set_stage
@@ -115,6 +115,7 @@ def run_dir_key() -> str:
 def train_and_write(cfg: DictConfig, run_dir: Path, resolved_config: dict[str, Any],
                     checkpoint: dict[str, Any] | None, world: World) -> dict[str, Any]:
     """Build, fit (from `checkpoint` when resuming), evaluate and write metrics.json; returns its record."""
+    log.info("%s", describe_run(resolved_config))
     set_stage("reading the data")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device, world)
@@ -582,11 +583,7 @@ def train_one_epoch(
         skip, tracker.total, tracker.seen = resume_at.batches_done, resume_at.loss_total, resume_at.loss_seen
     stop = interrupted = False
     done = 0
-    bar = tqdm(
-        loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", leave=False,
-        disable=not cfg.trainer.progress_bar or not world.is_main, dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-    )
+    bar = progress_bar(loader, f"epoch {epoch + 1}/{cfg.trainer.epochs}", cfg, world)
     for images, targets in bar:
         done += 1
         if done <= skip:  # trained before the interruption; drawn again only to keep the order
@@ -622,6 +619,13 @@ def train_one_epoch(
     return EpochResult(step, stop, tracker.seen, tracker.total, done, interrupted)
 
 
+def progress_bar(loader, desc: str, cfg, world: World):
+    """A tqdm bar over `loader` when `trainer.progress_bar` is on (rank 0 alone); redrawn every 0.5 s
+    on a terminal, every 30 s into a log file."""
+    return tqdm(loader, desc=desc, leave=False, disable=not cfg.trainer.progress_bar or not world.is_main,
+                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
 @torch.no_grad()
 def evaluate(
     cfg, data: DataBundle, model, criterion, loader, precision, channels_last: bool = False, compiled_model=None,
@@ -637,7 +641,8 @@ def evaluate(
     criterion.eval()
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     all_logits, all_targets, losses = [], [], []
-    for images, targets in loader:
+    bar = progress_bar(loader, "evaluating", cfg, world)
+    for images, targets in bar:
         images, targets = batch_to_device(images, targets, device)
         if len(images) == 0:
             continue
@@ -651,6 +656,7 @@ def evaluate(
         losses.append(criterion(logits, targets).double() * len(images))
         all_logits.append(logits)
         all_targets.append(targets)
+    bar.close()
     if not all_logits:  # a DDP process whose block had no readable image (COCO, bad_images=skip)
         all_logits.append(torch.empty(0, data.num_classes, device=device, dtype=torch.promote_types(dtype, torch.float32)))
         all_targets.append(empty_targets(data, device))

@@ -51,9 +51,9 @@ def assert_one_line(stderr: str, *expected: str, prog: str = "imbench", prefix: 
 CONFIG_CASES = [
     # (overrides, text naming the key, text naming what is allowed)
     (["dataset.imbalance_factor=0.5"], "dataset.imbalance_factor=0.5", "must be a number >= 1"),
-    (["reweight.beta=1.0"], "reweight.beta=1.0", "[0, 1)"),
-    (["reweight.beta=-0.5"], "reweight.beta=-0.5", "[0, 1)"),
-    (["loss.gamma=-1"], "loss.gamma=-1", ">= 0"),
+    (["reweight=cb", "reweight.beta=1.0"], "reweight.beta=1.0", "[0, 1)"),
+    (["reweight=cb", "reweight.beta=-0.5"], "reweight.beta=-0.5", "[0, 1)"),
+    (["loss=focal", "loss.gamma=-1"], "loss.gamma=-1", ">= 0"),
     (["optimizer.lr=0"], "optimizer.lr=0", "a number > 0"),
     (["trainer.epochs=0"], "trainer.epochs=0", "an integer >= 1"),
     (["trainer.batch_size=0"], "trainer.batch_size=0", "an integer >= 1"),
@@ -101,10 +101,10 @@ CONFIG_CASES = [
      "asl, bce, dfl, focal, plm"),
     (["loss=plm"], "loss=plm is not allowed with dataset=mnist_lt (single-label)",
      "asl, balanced_softmax, bce, ce, dfl, focal, ldam"),
-    (["dataset=coco", "model=resnet50", "loss.softmax=true"], "loss.softmax=true", "one label per image"),
-    (["dataset=coco"], "model=resnet32 is not allowed with dataset=coco at 224 px",
+    (["dataset=coco", "model=resnet50", "loss=focal", "loss.softmax=true"], "loss.softmax=true", "one label per image"),
+    (["dataset=coco", "loss=bce"], "model=resnet32 is not allowed with dataset=coco at 224 px",
      "model.max_image_size=null to allow it"),
-    (["dataset=multimnist", "dataset.canvas_size=96"], "model=resnet32 is not allowed with dataset=multimnist at 96 px",
+    (["dataset=multimnist", "loss=bce", "dataset.canvas_size=96"], "model=resnet32 is not allowed with dataset=multimnist at 96 px",
      "resnet50"),
     (["dataset=coco", "model=resnet50", "dataset.head_count=100"], "dataset.head_count=100", "dataset.imbalance_factor"),
     (["model.max_image_size=0"], "model.max_image_size=0", "null or an integer >= 1"),
@@ -212,7 +212,7 @@ def write_dataset(kind: str, root: Path) -> list[str]:
         return ["dataset=mnist_lt", f"dataset.root={root}", "dataset.imbalance_factor=4", "dataset.limit_train=120",
                 "dataset.limit_test=60"]
     write_coco(root, num_train=12, num_val=6)
-    return ["dataset=coco", f"dataset.root={root}", "dataset.image_size=32"]
+    return ["dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32"]
 
 
 def interrupted_run(compose_cfg, overrides: list[str], run_dir: Path, monkeypatch) -> None:
@@ -259,9 +259,9 @@ def drop_json_key(key: str):
 
 
 def another_configs_metrics(path: Path) -> None:
-    """A completed metrics.json in the run directory, of a config whose loss.gamma differs."""
+    """A completed metrics.json in the run directory, of a config whose optimizer.lr differs."""
     config = torch.load(path.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["config"]
-    config["loss"]["gamma"] += 1
+    config["optimizer"]["lr"] *= 2
     path.write_text(json.dumps({"schema_version": 1, "status": "completed", "config": config}))
 
 
@@ -288,7 +288,7 @@ FILE_CASES = [
                              "instances_val2017.json: not valid JSON")),
     ("checkpoint cut short", ("cifar", "run:checkpoints/last.pt", cut_in_half, "last.pt: not a readable checkpoint")),
     ("metrics of another config", ("cifar", "run:metrics.json", another_configs_metrics,
-                                   "metrics.json holds a completed run of another config (differs in loss.gamma)")),
+                                   "metrics.json holds a completed run of another config (differs in optimizer.lr)")),
 ]
 
 
@@ -322,7 +322,7 @@ def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(dat
 
     run_dir = tmp_path / "run"
     overrides = [*SMOKE, f"dataset.root={data_root}", "dataset.limit_train=200", "dataset.limit_test=50",
-                 f"hydra.run.dir={run_dir}"]
+                 "loss=focal", f"hydra.run.dir={run_dir}"]
     code, err = imbench_in_process(*overrides)
     assert code == 0, err
     assert (run_dir / ".hydra" / "overrides.yaml").is_file() and (run_dir / "metrics.json").is_file()

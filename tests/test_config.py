@@ -50,11 +50,22 @@ def test_every_number_of_every_option_has_a_range_check(compose_cfg):
     assert not unchecked, f"numeric keys without a range rule: {sorted(unchecked)}"
 
 
-def test_main_job_defaults(compose_cfg):
-    cfg = compose_cfg()
-    assert cfg.dataset.name == "mnist_lt" and cfg.dataset.imbalance_factor == 100
-    assert cfg.model.name == "resnet32" and cfg.loss.name == "focal" and cfg.reweight.name == "cb"
-    assert cfg.trainer.epochs <= 5
+def test_main_job_is_its_preset_and_the_group_defaults_are_plain(compose_cfg):
+    """`make run` trains class-balanced focal loss through its preset; without one, a loss is just
+    that loss: `loss=ce` is plain cross-entropy unless `reweight=` says otherwise."""
+    main = compose_cfg(["experiment=mnist_lt_cb_focal"])
+    assert main.dataset.name == "mnist_lt" and main.dataset.imbalance_factor == 100
+    assert main.model.name == "resnet32" and main.loss.name == "focal" and main.reweight.name == "cb"
+    assert main.trainer.epochs <= 5
+    plain = compose_cfg()
+    assert plain.loss.name == "ce" and plain.reweight.name == "none"
+    assert (plain.dataset, plain.model, plain.trainer, plain.scheduler) == (main.dataset, main.model, main.trainer,
+                                                                           main.scheduler)
+    for loss in ("ce", "bce", "focal"):
+        assert compose_cfg([f"loss={loss}"]).reweight.name == "none"
+    assert compose_cfg(["loss=ce", "reweight=cb"]).reweight.name == "cb"
+    makefile = (CONF.parent / "Makefile").read_text()
+    assert "MAIN_JOB := experiment=mnist_lt_cb_focal" in makefile and "$(MAIN_JOB) $(ARGS)" in makefile
 
 
 def test_cifar_recipe_defaults(compose_cfg):
@@ -80,10 +91,10 @@ def test_command_line_group_choice_beats_the_preset(compose_cfg):
         ("dataset.imbalance_factor=0.5", "dataset.imbalance_factor"),
         ("dataset.imbalance_type=linear", "dataset.imbalance_type"),
         ("dataset.limit_train=0", "dataset.limit_train"),
-        ("reweight.beta=1.0", "reweight.beta"),
-        ("reweight.beta=-0.1", "reweight.beta"),
+        ("reweight=cb reweight.beta=1.0", "reweight.beta"),
+        ("reweight=cb reweight.beta=-0.1", "reweight.beta"),
         ("reweight.start_epoch=-1", "reweight.start_epoch"),
-        ("loss.gamma=-0.5", "loss.gamma"),
+        ("loss=focal loss.gamma=-0.5", "loss.gamma"),
         ("optimizer.lr=0", "optimizer.lr"),
         ("trainer.epochs=0", "trainer.epochs"),
         ("trainer.batch_size=0", "trainer.batch_size"),
@@ -117,7 +128,7 @@ def test_command_line_group_choice_beats_the_preset(compose_cfg):
     ],
 )
 def test_bad_values_name_the_key(compose_cfg, override, key):
-    cfg = compose_cfg([override])
+    cfg = compose_cfg(override.split())
     with pytest.raises(ConfigError, match=f"^{key}=") as err:
         validate(cfg)
     assert "must be" in str(err.value)
@@ -142,3 +153,42 @@ def test_scheduler_milestones_must_be_sorted(compose_cfg):
     cfg = compose_cfg(["scheduler=warmup_multistep", "scheduler.milestones=[180,160]"])
     with pytest.raises(ConfigError, match="scheduler.milestones"):
         validate(cfg)
+
+
+def test_a_sweep_composes_each_job_as_hydra_does():
+    """SweepComposer composes each set of group choices once and merges each job's values into a
+    copy: every job's config equals Hydra's own composition, and a bad value is the same error."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from imbalance_bench.cli import CONF_DIR, SweepComposer, compose_job, expand_jobs
+
+    jobs = expand_jobs(["experiment=cui2019_table2/softmax,cui2019_table2/focal_g05", "dataset=cifar10_lt,cifar100_lt",
+                        "dataset.imbalance_factor=10,100", "seed=0,3", "loss.gamma=1.5", "hydra.launcher.n_jobs=2",
+                        "hydra/launcher=pack"], multirun=True)
+    jobs = [[o for o in job if not (o == "loss.gamma=1.5" and "softmax" in job[0])] for job in jobs]
+    assert len(jobs) == 16
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composer = SweepComposer()
+            for job in jobs:
+                fast, hydras = composer(job), compose_job(job)
+                plain = []
+                for cfg in (fast, hydras):
+                    assert cfg.hydra.launcher.n_jobs == 2
+                    content = OmegaConf.to_container(cfg)
+                    # what Hydra records about the command line itself, not a value of the job
+                    content["hydra"].pop("overrides"), content["hydra"].pop("runtime")
+                    content["hydra"]["job"].pop("override_dirname")
+                    plain.append(content)
+                assert plain[0] == plain[1], job
+            assert len(composer._bases) == 4  # one composition per (experiment, dataset)
+            with pytest.raises(ConfigError) as fast_error:
+                composer(["dataset=cifar10_lt", "dataset.imbalance_factor=abc"])
+            with pytest.raises(ConfigError) as hydra_error:
+                compose_job(["dataset=cifar10_lt", "dataset.imbalance_factor=abc"])
+            assert str(fast_error.value) == str(hydra_error.value)
+            assert str(fast_error.value).startswith("dataset.imbalance_factor=abc is not allowed")
+    finally:
+        GlobalHydra.instance().clear()

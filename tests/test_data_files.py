@@ -302,7 +302,7 @@ def test_cli_idx_with_zero_images_is_one_line(tmp_path, run_cli):
 def test_cli_coco_image_id_of_10_to_the_30_is_one_line(tmp_path, run_cli):
     root = write_coco(tmp_path / "coco", num_train=6, num_val=4)
     path = edit_instances(root, set_in("images", 0, id=10**30), split="val")
-    code, err = run_cli("dataset=coco", f"dataset.root={root}", "dataset.image_size=32")
+    code, err = run_cli("dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32")
     assert code == EXIT_USER_ERROR
     assert_one_error_line(err, f"{path}: images[0] has id 1000000000000000000000000000000")
 
@@ -310,7 +310,7 @@ def test_cli_coco_image_id_of_10_to_the_30_is_one_line(tmp_path, run_cli):
 def test_cli_coco_file_name_that_climbs_out_is_one_line(tmp_path, run_cli):
     root = write_coco(tmp_path / "coco", num_train=6, num_val=4)
     path = edit_instances(root, set_in("images", 0, file_name="../../../../etc/hostname"))
-    code, err = run_cli("dataset=coco", f"dataset.root={root}", "dataset.image_size=32")
+    code, err = run_cli("dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32")
     assert code == EXIT_USER_ERROR
     assert_one_error_line(err, str(path), "'../../../../etc/hostname': its '..' part leaves the image folder")
 

@@ -61,7 +61,8 @@ def test_multimnist_plm_end_to_end(imbench, data_root, tmp_path):
 
 def test_coco_resnet50_one_step(imbench, coco_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = imbench("dataset=coco", "model=resnet50", f"dataset.root={coco_root}", "dataset.image_size=64",
+    proc = imbench("dataset=coco", "model=resnet50", "loss=focal", "reweight=cb", f"dataset.root={coco_root}",
+                   "dataset.image_size=64",
                    "trainer.max_steps=1", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.batch_size=8",
                    "trainer.epochs=1", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,7 +115,8 @@ def test_coco_missing_image_is_one_line(imbench, tmp_path):
     root = write_coco(tmp_path / "coco")
     victim = next((root / "train2017").iterdir())
     victim.unlink()
-    proc = imbench("dataset=coco", f"dataset.root={root}", "dataset.image_size=32", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
+    proc = imbench("dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32", *SMOKE,
+                   f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imbench: error: ") and victim.name in lines[0], proc.stderr
@@ -127,7 +129,7 @@ def test_coco_truncated_jpeg_in_a_loader_worker(imbench, tmp_path):
     root = write_coco(tmp_path / "coco")
     victim = root / "train2017" / file_name("train", 0)
     victim.write_bytes(victim.read_bytes()[:-64])
-    args = ["dataset=coco", f"dataset.root={root}", "dataset.image_size=32", *SMOKE, "trainer.num_workers=1",
+    args = ["dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32", *SMOKE, "trainer.num_workers=1",
             "trainer.batch_size=64"]
     proc = imbench(*args, f"hydra.run.dir={tmp_path / 'error'}")
     assert proc.returncode == 2
@@ -145,7 +147,7 @@ def test_coco_decoded_in_the_main_process_trains_the_same(compose_cfg, coco_root
     On the CPU the images are bit-identical to the worker-decoded path, so the runs are too."""
     results = []
     for decode in ("false", "true"):
-        cfg = compose_cfg(["dataset=coco", f"dataset.root={coco_root}", "dataset.image_size=32", *SMOKE,
+        cfg = compose_cfg(["dataset=coco", "loss=bce", f"dataset.root={coco_root}", "dataset.image_size=32", *SMOKE,
                            "trainer.num_workers=1", "trainer.max_steps=null", "trainer.batch_size=8",
                            f"trainer.decode_on_device={decode}"])
         results.append(run(cfg, tmp_path / decode))
@@ -190,7 +192,7 @@ def test_cb_weights_from_positive_counts_reach_a_multi_label_loss(compose_cfg, d
 
 
 def test_single_label_monitor_on_multi_label_data_is_refused(imbench, data_root, tmp_path):
-    proc = imbench(*TINY_MULTIMNIST, f"dataset.root={data_root}", "trainer.monitor=top1", *SMOKE,
+    proc = imbench(*TINY_MULTIMNIST, "loss=bce", f"dataset.root={data_root}", "trainer.monitor=top1", *SMOKE,
                    f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -51,8 +51,8 @@ CPU = torch.device("cpu")
 SMALL = ("trainer.device=cpu", "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.num_workers=0",
          "trainer.progress_bar=false")
 MNIST = ("dataset=mnist_lt", "dataset.limit_train=40", "dataset.limit_test=20")
-MULTI = ("dataset=multimnist", "dataset.num_train=40", "dataset.num_test=20", "model.max_image_size=null")
-COCO = ("dataset=coco", "model.max_image_size=null", "dataset.image_size=32", "dataset.limit_train=8",
+MULTI = ("dataset=multimnist", "loss=bce", "dataset.num_train=40", "dataset.num_test=20", "model.max_image_size=null")
+COCO = ("dataset=coco", "loss=bce", "model.max_image_size=null", "dataset.image_size=32", "dataset.limit_train=8",
         "dataset.limit_test=4", "trainer.batch_size=1", "trainer.eval_batch_size=1")
 # MultiMNIST with every class in every image: feasible for any number of images, one included
 ALL_DIGITS = (*MULTI, "dataset.min_digits=10", "dataset.max_digits=10", "dataset.imbalance_factor=1",
@@ -140,7 +140,7 @@ WALKS: dict[str, list[Walk]] = {
     "dataset.num_test": [ints(ALL_DIGITS, 1, CANVAS_ROOM - 40, heavy=(CANVAS_ROOM - 40,))],
     "dataset.image_size": [ints(COCO, 16, MAX_IMAGE_SIZE)],
     "model.max_image_size": [ints(MNIST, 28, INT64_MAX, outside=(1,))],  # not below the 28 px images
-    "loss.gamma": [floats(MNIST, 0, F)],
+    "loss.gamma": [floats((*MNIST, "loss=focal"), 0, F)],
     "loss.alpha": [floats(DFL, 0, F)],
     "loss.beta": [floats(DFL, 0, F)],
     "loss.rho": [floats(DFL, 1, F)],
@@ -161,7 +161,7 @@ WALKS: dict[str, list[Walk]] = {
     "loss.gamma_pos": [floats((*MNIST, "loss=asl"), 0, F)],
     "loss.gamma_neg": [floats((*MNIST, "loss=asl"), 0, F)],
     "loss.clip": [floats((*MNIST, "loss=asl"), 0, 1, open_high=True)],
-    "reweight.beta": [floats(MNIST, 0, 1, open_high=True)],
+    "reweight.beta": [floats((*MNIST, "reweight=cb"), 0, 1, open_high=True)],
     "reweight.start_epoch": [ints(MNIST, 0, INT64_MAX)],
     # the largest step, lr x gamma^(milestones) / (1 - beta1), is finite in float32 too
     "optimizer.lr": [floats(MNIST, 0, F, open_low=True),

@@ -91,7 +91,7 @@ def test_a_coco_run_with_workers_resumes_to_identical_results(compose_cfg, tmp_p
     import imbalance_bench.step as step_module
 
     root = write_coco(tmp_path / "coco")
-    overrides = ["dataset=coco", f"dataset.root={root}", "dataset.image_size=32", "trainer.device=cpu",
+    overrides = ["dataset=coco", "loss=focal", "reweight=cb", f"dataset.root={root}", "dataset.image_size=32", "trainer.device=cpu",
                  "trainer.epochs=2", "trainer.batch_size=8", "trainer.num_workers=2", "trainer.progress_bar=false",
                  "optimizer.lr=0.01"]
     whole, killed, stopped = tmp_path / "whole", tmp_path / "killed", tmp_path / "stopped"
@@ -152,7 +152,7 @@ def test_bad_checkpoints_are_refused_before_any_data_and_left_alone(compose_cfg,
     (tmp_path / "metrics.json").unlink()  # as a run killed after its last checkpoint leaves it
     last = tmp_path / "checkpoints" / "last.pt"
     with pytest.raises(ConfigError, match=f"^trainer.resume: {last} was written by another config \\(differs in loss"):
-        run(compose_cfg([*SMALL, f"dataset.root={data_root}", "loss=ce", "reweight=none"]), tmp_path)
+        run(compose_cfg([*SMALL, f"dataset.root={data_root}", "loss=focal", "reweight=none"]), tmp_path)
     missing = tmp_path / "nope.pt"
     with pytest.raises(ConfigError, match=f"^trainer.resume={missing} is not allowed: file not found"):
         run(compose_cfg([*SMALL, f"dataset.root={data_root}", f"trainer.resume={missing}"]), tmp_path)

@@ -15,7 +15,7 @@ from imbalance_bench.train import init_classifier_bias, run
 
 def test_run_returns_what_it_writes(compose_cfg, data_root, tmp_path):
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=3",
-                       "trainer.batch_size=8"])
+                       "trainer.batch_size=8", "loss=focal", "reweight=cb"])
     metrics = run(cfg, tmp_path)
     assert metrics == json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["epochs_completed"] == 1
@@ -85,8 +85,9 @@ def test_eval_every(compose_cfg, data_root, tmp_path):
 
 @pytest.mark.slow
 def test_main_job_beats_chance_by_far(imbench, tmp_path):
-    """`imbench` with no overrides: long-tailed MNIST IF 100, ResNet-32, CB focal loss, a few epochs."""
-    proc = imbench("trainer.progress_bar=false", f"hydra.run.dir={tmp_path / 'main'}", timeout=900)
+    """The main job (`make run`): long-tailed MNIST IF 100, ResNet-32, CB focal loss, a few epochs."""
+    proc = imbench("experiment=mnist_lt_cb_focal", "trainer.progress_bar=false", f"hydra.run.dir={tmp_path / 'main'}",
+                   timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "main" / "metrics.json").read_text())
     stats = json.loads((tmp_path / "main" / "dataset_stats.json").read_text())
