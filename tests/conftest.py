@@ -83,7 +83,8 @@ def imbench(tmp_path):
 @pytest.fixture
 def imbench_in_process(tmp_path, monkeypatch, capsys):
     """Call `imbench ARGS` (cli.main) in this process from a fresh working directory; returns (exit
-    code, stderr). Hydra's global state and the logging handlers it configures are put back after."""
+    code, stderr), and keeps the last call's stdout as `.stdout`. Hydra's global state and the logging
+    handlers it configures are put back after."""
     from hydra.core.global_hydra import GlobalHydra
 
     from imbalance_bench import cli
@@ -107,6 +108,8 @@ def imbench_in_process(tmp_path, monkeypatch, capsys):
                     root.removeHandler(handler)
                     handler.close()
             root.setLevel(level)
-        return code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        _run.stdout = captured.out
+        return code, captured.err
 
     return _run

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMOKE
+from conftest import REPO, SMOKE
 
 RUN_FILES = ["metrics.json", "dataset_stats.json", "subset_indices.json", "summary.csv", "checkpoints/last.pt",
              ".hydra/config.yaml", ".hydra/overrides.yaml"]
@@ -173,13 +173,32 @@ def test_real_mnist_learns(imbench, tmp_path):
     assert metrics["final"]["top1"] > 0.5
 
 
-def test_help_and_cfg_job(imbench):
-    help_proc = imbench("--help")
-    assert help_proc.returncode == 0 and "dataset" in help_proc.stdout
-    cfg_proc = imbench("--cfg", "job", "loss=ce")
-    assert cfg_proc.returncode == 0
-    cfg = yaml.safe_load(cfg_proc.stdout)
+def test_help_and_cfg_job(imbench_in_process):
+    code, _ = imbench_in_process("--help")
+    assert code == 0 and "dataset" in imbench_in_process.stdout
+    launchers = sorted(p.stem for p in (REPO / "conf" / "hydra" / "launcher").glob("*.yaml"))
+    assert launchers == ["pack", "slurm"]
+    for name in launchers:  # each preset on a line of its own, with what it does
+        line = next(line for line in imbench_in_process.stdout.splitlines() if line.strip().startswith(name + " "))
+        assert len(line.split()) > 4, line
+    code, _ = imbench_in_process("--cfg", "job", "loss=ce")
+    assert code == 0
+    cfg = yaml.safe_load(imbench_in_process.stdout)
     assert cfg["loss"]["name"] == "ce" and cfg["dataset"]["name"] == "mnist_lt"
+
+
+def test_a_run_states_its_method_and_shows_its_progress(data_root, tmp_path, imbench_in_process):
+    """The run's first line gives the method in full; with trainer.progress_bar the training and the
+    evaluation each show a bar (on stderr), without it neither does."""
+    for bar in ("true", "false"):
+        run_dir = tmp_path / bar
+        code, err = imbench_in_process("dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "reweight=cb",
+                                       "reweight.beta=0.99", f"trainer.progress_bar={bar}", f"hydra.run.dir={run_dir}")
+        assert code == 0, err
+        first = (run_dir / "imbench.log").read_text().splitlines()[0]
+        assert first.endswith("] - cifar10_lt IF 100 | resnet32 | loss=ce reweight=cb(β=0.99) | SGD lr 0.1, "
+                              "1 epoch (stop at step 2) of batch 16, seed 0"), first
+        assert ("epoch 1/1" in err and "evaluating" in err) == (bar == "true"), err
 
 
 def test_missing_dataset_without_download(imbench, tmp_path):

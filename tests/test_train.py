@@ -112,3 +112,20 @@ def test_build_model_sets_the_sigmoid_prior(compose_cfg, data_root, tmp_path):
     criterion, _ = build_loss(cfg, data, torch.device("cpu"))
     model = build_model(cfg, data, criterion, torch.device("cpu"))
     assert torch.allclose(model.fc.bias, torch.full((10,), -math.log(9)))
+
+
+@pytest.mark.parametrize("overrides, method", [
+    (["experiment=mnist_lt_cb_focal"], "loss=focal(γ=2, softmax=false) reweight=cb(β=0.9999)"),
+    (["experiment=cao2019_table2/ldam_drw"],
+     "loss=ldam(max_margin=0.5, scale=30, normalized_classifier=true) reweight=cb(β=0.9999, start_epoch=160)"),
+    (["experiment=plm_multimnist", "loss.base=focal", "loss.focal.gamma=1"],
+     "loss=plm(base=focal(γ=1, softmax=false), bins=10, lr=0.1) reweight=none"),
+    (["loss=bce", "reweight=inverse_freq"], "loss=bce reweight=inverse_freq"),
+])
+def test_the_run_header_states_the_method_in_full(compose_cfg, overrides, method):
+    from omegaconf import OmegaConf
+
+    from imbalance_bench.report import describe_run
+
+    header = describe_run(OmegaConf.to_container(compose_cfg(overrides), resolve=True))
+    assert header.split(" | ")[2] == method
