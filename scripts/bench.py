@@ -528,7 +528,8 @@ def part_accuracy(args, device: torch.device, root: Path) -> dict:
                 from imbalance_bench.train import run
 
                 started = time.perf_counter()
-                cfg = compose([f"dataset.root={args.mnist_root}", f"seed={seed}", "trainer.progress_bar=false",
+                cfg = compose(["experiment=mnist_lt_cb_focal", f"dataset.root={args.mnist_root}", f"seed={seed}",
+                               "trainer.progress_bar=false",
                                f"trainer.device={device}", *overrides])
                 metrics = run(cfg, run_dir)
                 row[name] = {"top1": metrics["final"]["top1"], "wall_s": round(time.perf_counter() - started, 1)}
