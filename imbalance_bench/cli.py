@@ -360,9 +360,10 @@ def run_command(argv: list[str]) -> None:
 # ------------------------------------------------------------------ pre-flight
 
 
-def preflight(argv: list[str]) -> list[list[str]]:
+def preflight(argv: list[str], configs: list[DictConfig] | None = None) -> list[list[str]]:
     """Compose and validate every job the command line describes; raise ConfigError on the first bad one.
-    Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree)."""
+    Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree);
+    each job's composed config is appended to `configs` when given (read without composing it again)."""
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
@@ -392,6 +393,8 @@ def preflight(argv: list[str]) -> list[list[str]]:
             if not args.cfg:  # a run: Hydra makes its folder first thing, so check it can before
                 key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
                 check_writable(Path(str(OmegaConf.select(cfg, key))), key)
+            if configs is not None:
+                configs.append(cfg)
     return jobs
 
 

@@ -6,8 +6,10 @@ user's options:
 
     scripts/reproduce_<table>.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 
-Every job of every sweep is composed and validated before the first one starts. `--dry-run` prints
-the jobs and their count and launches nothing. Otherwise the sweeps run one after another into
+Every job of every sweep is composed and validated before the first one starts, and each dataset
+the table reads is checked on disk once: a missing one stops the script with one line (a warning
+under `--dry-run`; a note when `dataset.download=true` fetches it). `--dry-run` prints the jobs and
+their count and launches nothing. Otherwise the sweeps run one after another into
 `DIR/<sweep>/<job>`, a failed sweep does not stop the next one, and the report (report.md,
 report.csv, plots) and `reproduce.json` (commands, exit codes, wall times) land in DIR. The same
 command with `--out DIR --resume` finishes a table that was stopped: runs already complete are
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from imbalance_bench.errors import ConfigError, ImbenchError, OneLineArgumentParser, exit_user_error
+from imbalance_bench.errors import ConfigError, DataError, ImbenchError, OneLineArgumentParser, exit_user_error
 
 PROG = "reproduce"
 EXIT_RUN_FAILED = 1
@@ -40,6 +42,7 @@ class Sweep:
     name: str
     overrides: list[str]
     jobs: list[list[str]] = field(default_factory=list)
+    datasets: list[dict] = field(default_factory=list)  # each job's `dataset` config, resolved
 
     @property
     def common(self) -> list[str]:
@@ -90,6 +93,7 @@ def parse_seeds(text: str | None) -> str | None:
 def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep]:
     """Add the seeds and the user's overrides to every sweep, expand and validate all of its jobs."""
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
     from imbalance_bench.cli import preflight
 
@@ -106,13 +110,45 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep
             raise ConfigError(f"{arg}: the script places the runs itself; use --out DIR")
     for sweep in sweeps:
         sweep.overrides = sweep.overrides + ([f"seed={seeds}"] if seeds else []) + list(extra)
+        configs: list = []
         try:
-            sweep.jobs = preflight(["-m", *sweep.overrides])
+            sweep.jobs = preflight(["-m", *sweep.overrides], configs)
+            sweep.datasets = [OmegaConf.to_container(cfg.dataset, resolve=True) for cfg in configs]
         except ConfigError as exc:
             raise ConfigError(f"sweep {sweep.name}: {exc}") from None
         finally:
             GlobalHydra.instance().clear()
     return sweeps
+
+
+def check_data(sweeps: list[Sweep]) -> tuple[str | None, list[str]]:
+    """Each dataset the table reads (distinct name, root and download over all its runs), checked on
+    disk once with its reader's own check: one line about those missing (None if none is), and a
+    note for each that the runs download themselves."""
+    from imbalance_bench.data import downloads_missing, missing_data
+
+    missing: list[tuple[str, Path, str]] = []
+    notes: list[str] = []
+    seen = set()
+    for dataset in (d for sweep in sweeps for d in sweep.datasets):
+        root = Path(str(dataset["root"])).expanduser().resolve()
+        key = (dataset["name"], root, bool(dataset.get("download")))
+        if key in seen:
+            continue
+        seen.add(key)
+        problem = missing_data(dataset)
+        if problem is None:
+            continue
+        if downloads_missing(dataset):
+            notes.append(f"dataset={dataset['name']} is not in {root} yet; the first run downloads it "
+                         "(dataset.download=true)")
+        else:
+            missing.append((dataset["name"], root, problem))
+    if not missing:
+        return None, notes
+    (name, _, problem), others = missing[0], missing[1:]
+    more = f" (also missing: {', '.join(f'dataset={n} in {r}' for n, r, _ in others)})" if others else ""
+    return f"dataset={name}: {problem}{more}", notes
 
 
 def print_plan(table: str, sweeps: list[Sweep], out: Path) -> None:
@@ -191,11 +227,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metric_choices(args.metric)
         sweeps = plan([parse_sweep(s) for s in args.sweep], parse_seeds(args.seeds), args.overrides)
+        missing, notes = check_data(sweeps)
         if not args.dry_run:
+            if missing:
+                raise DataError(missing)
             check_out(out, args.table, args.resume)
     except ImbenchError as exc:
         fail(str(exc))
     print_plan(args.table, sweeps, out)
+    sys.stdout.flush()  # the plan, then the lines about its data below it
+    for note in notes:
+        sys.stderr.write(f"{PROG}: note: {note}\n")
+    if missing:  # a dry run only
+        sys.stderr.write(f"{PROG}: warning: {missing}\n")
     if args.dry_run:
         return
     started = datetime.now().isoformat(timespec="seconds")

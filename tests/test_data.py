@@ -1,6 +1,7 @@
 """Dataset readers on files in the real formats, and the batch augmentation (imbalance_bench/data/)."""
 
 import gzip
+import logging
 import pickle
 
 import numpy as np
@@ -51,9 +52,71 @@ def test_cifar_pixels_round_trip(tmp_path):
     assert raw.train_labels[0] == first[b"labels"][0]
 
 
-def test_cifar_missing_without_download(tmp_path):
-    with pytest.raises(DataError, match="cifar-10-batches-py.*dataset.download=true"):
-        load_cifar(tmp_path, "cifar10", download=False)
+@pytest.mark.parametrize("variant, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+def test_cifar_missing_without_download_says_where_and_how(tmp_path, monkeypatch, variant, folder):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        load_cifar("rel", variant, download=False)  # a relative root is named as the absolute folder it means
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'rel' / folder}: {variant} not found; dataset.root={tmp_path / 'rel'} ")
+    assert f"{folder}/" in message and "https://www.cs.toronto.edu/~kriz/cifar.html" in message
+    assert "python version" in message and message.endswith("or set dataset.download=true")
+    assert not (tmp_path / "rel").exists()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every download fails at once, for real: urllib's proxy is a local port nobody listens on (the
+    machine may be offline, or not). The cached opener is cleared so the proxy applies, and put back."""
+    import socket
+    import urllib.request
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection is refused
+    proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    yield
+    closed.close()
+
+
+def download(dataset: str, root):
+    """Load `dataset` from `root` with dataset.download=true; the DataError of the failed download."""
+    with pytest.raises(DataError) as err:
+        if dataset == "mnist":
+            load_mnist(root, download=True)
+        else:
+            load_cifar(root, dataset, download=True)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "mnist"])
+def test_a_failed_download_removes_the_root_it_created(tmp_path, no_network, monkeypatch, dataset):
+    monkeypatch.setattr(mnist_module, "bundled_mnist_folder", lambda: None)
+    message = download(dataset, tmp_path / "new" / "data")
+    assert message.startswith(f"{tmp_path / 'new' / 'data'}: downloading ") and "failed (" in message
+    assert "\n" not in message and "nothing was left behind" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dataset, inside", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
+                                             ("mnist", "MNIST/raw"), ("mnist", "MNIST"), ("mnist", None)])
+def test_a_failed_download_keeps_what_was_there(tmp_path, no_network, monkeypatch, dataset, inside):
+    """The user's root, their other files and a folder of the download's own name they already had
+    stay as they were; only what the attempt made goes (MNIST's attempt makes MNIST/raw/ first)."""
+    monkeypatch.setattr(mnist_module, "bundled_mnist_folder", lambda: None)
+    (tmp_path / "notes.txt").write_text("mine")
+    if inside:
+        (tmp_path / inside).mkdir(parents=True)
+        (tmp_path / inside / "readme.txt").write_text("mine too")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    download(dataset, tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_cifar_truncated_pickle_names_the_file(tmp_path):
@@ -204,6 +267,29 @@ def test_bundled_mnist_is_the_real_one():
     labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz", 2049)
     assert labels.shape == (10000,)
     assert np.bincount(labels).tolist()[:3] == [980, 1135, 1032]  # the official MNIST test split
+
+
+def test_an_explicit_root_without_mnist_says_the_bundled_copy_is_used(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="imbench"):
+        raw = load_mnist(tmp_path, download=False)
+    assert raw.source == str(bundled_mnist_folder())
+    lines = [r.getMessage() for r in caplog.records if r.name == "imbench"]
+    assert lines == [f"dataset.root={tmp_path} holds no MNIST (the four idx files, flat or in MNIST/raw/); "
+                     f"using the bundled copy in {bundled_mnist_folder()}"]
+
+
+@pytest.mark.parametrize("environment", [None, "elsewhere"])
+def test_the_default_root_falls_back_to_the_bundled_copy_silently(tmp_path, monkeypatch, caplog, environment):
+    """The default root is conf/dataset/mnist_lt.yaml's: ./data, or $IMBENCH_DATA_ROOT when set."""
+    monkeypatch.chdir(tmp_path)
+    if environment:
+        monkeypatch.setenv("IMBENCH_DATA_ROOT", str(tmp_path / environment))
+    else:
+        monkeypatch.delenv("IMBENCH_DATA_ROOT", raising=False)
+    with caplog.at_level(logging.INFO, logger="imbench"):
+        raw = load_mnist(environment or "data", download=False)
+    assert raw.source == str(bundled_mnist_folder())
+    assert not [r for r in caplog.records if r.name == "imbench"]
 
 
 def test_mnist_missing_everywhere_names_three_ways(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import logging
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -20,9 +21,11 @@ import pytest
 
 from coco_files import image_id, write_coco
 from conftest import SMOKE
-from dataset_files import idx_header, write_idx, write_mnist_from_digits
+from dataset_files import idx_header, write_cifar10, write_cifar100, write_idx, write_mnist_from_digits
 from imbalance_bench import cli
-from imbalance_bench.data import create_dataset
+from imbalance_bench.data import create_dataset, downloads_missing, missing_data
+from imbalance_bench.data import mnist as mnist_module
+from imbalance_bench.data.cifar import load_cifar
 from imbalance_bench.data.coco import build_coco
 from imbalance_bench.data.mnist import FILES, load_mnist
 from imbalance_bench.data.multimnist import build_multimnist
@@ -268,6 +271,45 @@ def test_json_that_python_cannot_parse_is_one_line(coco_root, text, expected):
     path = coco_root / "annotations" / "instances_val2017.json"
     path.write_text(text)
     assert coco_error(coco_root).startswith(f"{path}: {expected}")
+
+
+# ------------------------------------------------------------------ presence checks (a table runs them before any job)
+
+
+@pytest.mark.parametrize("name, variant, write", [("cifar10_lt", "cifar10", write_cifar10),
+                                                  ("cifar100_lt", "cifar100", write_cifar100)])
+def test_cifar_is_present_with_its_folder_and_missing_says_what_the_reader_says(tmp_path, name, variant, write):
+    cfg = {"name": name, "root": str(tmp_path), "download": False}
+    with pytest.raises(DataError) as err:
+        load_cifar(tmp_path, variant, download=False)
+    assert missing_data(cfg) == str(err.value)
+    assert not downloads_missing(cfg) and downloads_missing({**cfg, "download": True})
+    write(tmp_path, 1, 1)
+    assert missing_data(cfg) is None
+
+
+@pytest.mark.parametrize("name", ["mnist_lt", "multimnist"])
+def test_mnist_is_present_in_the_root_or_bundled(tmp_path, monkeypatch, name):
+    """MultiMNIST is drawn from MNIST, so it needs what mnist_lt needs."""
+    cfg = {"name": name, "root": str(tmp_path), "download": False}
+    assert missing_data(cfg) is None  # the bundled copy
+    monkeypatch.setattr(mnist_module, "bundled_mnist_folder", lambda: None)
+    assert missing_data(cfg) == mnist_error(tmp_path)
+    write_tiny_mnist(tmp_path)
+    assert missing_data(cfg) is None
+
+
+@pytest.mark.parametrize("part", ["annotations/instances_train2017.json", "train2017",
+                                  "annotations/instances_val2017.json", "val2017"])
+def test_coco_needs_both_instances_files_and_image_folders(coco_root, part):
+    cfg = {"name": "coco", "root": str(coco_root), "download": False}
+    assert missing_data(cfg) is None
+    path = coco_root / part
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    message = missing_data(cfg)
+    assert message.startswith(f"{path}: ") and "https://cocodataset.org/#download" in message
+    assert coco_error(coco_root) == message
+    assert not downloads_missing({**cfg, "download": True})  # COCO is never downloaded
 
 
 # ------------------------------------------------------------------ through the command line

@@ -229,3 +229,65 @@ def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path):
     counts = [json.loads((out / name / "sweep.json").read_text())["counts"] for name in ("losses", "mixed")]
     assert [(c["complete"], c["trained"], c["failed"]) for c in counts] == [(2, 0, 0), (1, 0, 1)]
     assert {p: p.read_bytes() for p in out.glob("*/*/metrics.json")} == finished
+
+
+# ------------------------------------------------------------------ the data a table reads, checked once before any run
+
+
+TINY_TABLE = ["--table", "tiny", "--sweep", "a: dataset=cifar10_lt,cifar100_lt loss=ce reweight=none",
+              "--sweep", "b: dataset=cifar10_lt loss=bce reweight=none"]
+
+
+@pytest.fixture
+def reproduce_in_process(tmp_path, monkeypatch, capsys):
+    """`reproduce.main(ARGS)` in this process from tmp_path; returns (exit code, stdout, stderr)."""
+    from imbalance_bench import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMBENCH_DATA_ROOT", raising=False)
+
+    def _run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = 0
+        try:
+            reproduce.main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return _run
+
+
+def test_a_missing_dataset_stops_the_table_with_one_line_before_any_run(tmp_path, reproduce_in_process):
+    root = tmp_path / "empty"
+    code, out, err = reproduce_in_process(*TINY_TABLE, "--out", str(tmp_path / "out"), f"dataset.root={root}")
+    assert code == 2 and out == ""
+    assert err == (f"reproduce: error: dataset=cifar10_lt: {root / 'cifar-10-batches-py'}: cifar10 not found; "
+                   f"dataset.root={root} must hold the folder cifar-10-batches-py/: download the CIFAR-10 python "
+                   f"version from https://www.cs.toronto.edu/~kriz/cifar.html and extract it under {root}, or set "
+                   f"dataset.download=true (also missing: dataset=cifar100_lt in {root})\n")
+    assert list(tmp_path.iterdir()) == []  # no --out folder, no run folder, no root made
+
+
+def test_a_dry_run_warns_of_a_missing_dataset_and_still_lists_the_runs(tmp_path, reproduce_in_process):
+    root = tmp_path / "empty"
+    code, out, err = reproduce_in_process(*TINY_TABLE, "--out", str(tmp_path / "out"), f"dataset.root={root}")
+    code_dry, out_dry, err_dry = reproduce_in_process(*TINY_TABLE, "--dry-run", f"dataset.root={root}")
+    assert code_dry == 0 and out_dry.rstrip().endswith("\n3 runs")
+    assert err_dry == err.replace("reproduce: error: ", "reproduce: warning: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_that_the_runs_download_is_a_note(tmp_path, reproduce_in_process):
+    root = tmp_path / "empty"
+    code, out, err = reproduce_in_process(*TINY_TABLE, "--dry-run", f"dataset.root={root}", "dataset.download=true")
+    assert code == 0 and out.rstrip().endswith("\n3 runs")
+    assert err.splitlines() == [
+        f"reproduce: note: dataset={name} is not in {root} yet; the first run downloads it (dataset.download=true)"
+        for name in ("cifar10_lt", "cifar100_lt")]
+
+
+def test_a_table_whose_data_is_there_says_nothing_about_it(data_root, reproduce_in_process):
+    code, out, err = reproduce_in_process(*TINY_TABLE, "--dry-run", f"dataset.root={data_root}")
+    assert (code, err) == (0, "") and out.rstrip().endswith("\n3 runs")

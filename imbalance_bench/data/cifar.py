@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imbalance_bench.data.download import download_or_fail
 from imbalance_bench.data.long_tail import RawSplits
 from imbalance_bench.errors import DataError
 from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
@@ -146,29 +147,38 @@ def read_cifar(root: str | Path, variant: str) -> RawSplits:
     return RawSplits(train_x, train_y, test_x, test_y, names, str(folder))
 
 
+CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
 def has_cifar(root: str | Path, variant: str) -> bool:
     return (Path(root) / LAYOUTS[variant].folder / LAYOUTS[variant].meta_file).is_file()
 
 
+def missing_cifar(root: str | Path, variant: str) -> str | None:
+    """None when `root` holds `variant`, else the one line saying what is missing and how to get it."""
+    if has_cifar(root, variant):
+        return None
+    root = Path(root).expanduser().resolve()
+    folder = LAYOUTS[variant].folder
+    label = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[variant]
+    return (f"{root / folder}: {variant} not found; dataset.root={root} must hold the folder {folder}/: download "
+            f"the {label} python version from {CIFAR_PAGE} and extract it under {root}, or set dataset.download=true")
+
+
 def download_cifar(root: str | Path, variant: str) -> None:
-    """Fetch the official archive through torchvision (needs internet)."""
+    """Fetch the official archive through torchvision (needs internet); a failed attempt leaves nothing."""
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if variant == "cifar10" else datasets.CIFAR100
-    try:
-        cls(str(root), train=True, download=True)
-    except Exception as exc:
-        raise DataError(f"{root}: downloading {variant} failed ({type(exc).__name__}: {exc})") from None
+    download_or_fail(variant, Path(root), [LAYOUTS[variant].folder],
+                     lambda: cls(str(root), train=True, download=True))
 
 
 def load_cifar(root: str | Path, variant: str, download: bool) -> RawSplits:
     """CIFAR from `root`, downloading first when it is missing and `download` is true."""
-    if not has_cifar(root, variant):
+    missing = missing_cifar(root, variant)
+    if missing:
         if not download:
-            folder = Path(root) / LAYOUTS[variant].folder
-            raise DataError(
-                f"{folder}: {variant} not found; put torchvision's '{LAYOUTS[variant].folder}' folder under "
-                f"dataset.root or set dataset.download=true"
-            )
+            raise DataError(missing)
         download_cifar(root, variant)
     return read_cifar(root, variant)

@@ -455,6 +455,16 @@ def _check_options(image_size: int, imbalance_factor: float | None, bad_images: 
         raise ConfigError(f"dataset.mean/dataset.std must have 3 values for coco, got {len(mean)} and {len(std)}")
 
 
+def missing_coco(root: Path) -> str | None:
+    """None when `root` holds the COCO layout, else one line naming its first missing file or folder."""
+    for split in ("train", "test"):
+        if not (root / ANNOTATION_FILES[split]).is_file():
+            return f"{root / ANNOTATION_FILES[split]}: file not found; {LAYOUT_HINT}"
+        if not (root / SPLIT_FOLDERS[split]).is_dir():
+            return f"{root / SPLIT_FOLDERS[split]}: image folder not found; {LAYOUT_HINT}"
+    return None
+
+
 def _check_layout(root: Path, download: bool) -> None:
     """Refuse downloads and name the first missing file or folder of the COCO layout."""
     if download:
@@ -462,11 +472,9 @@ def _check_layout(root: Path, download: bool) -> None:
             f"{root}: automatic download of COCO 2017 (about 19 GB) is not supported; set dataset.download=false "
             f"and {LAYOUT_HINT}"
         )
-    for split in ("train", "test"):
-        if not (root / ANNOTATION_FILES[split]).is_file():
-            raise DataError(f"{root / ANNOTATION_FILES[split]}: file not found; {LAYOUT_HINT}")
-        if not (root / SPLIT_FOLDERS[split]).is_dir():
-            raise DataError(f"{root / SPLIT_FOLDERS[split]}: image folder not found; {LAYOUT_HINT}")
+    missing = missing_coco(root)
+    if missing:
+        raise DataError(missing)
 
 
 def _usable_images(split: str, ann: CocoAnnotations, folder: Path, bad_images: str) -> tuple[np.ndarray, list[str]]:

