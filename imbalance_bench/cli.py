@@ -35,7 +35,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
-from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
+from imbalance_bench.config import CONF_DIR, CONFIG_GROUPS, check_combinations, validate
 from imbalance_bench.distributed import World, check_ddp, close_world, init_world, world_from_env
 from imbalance_bench.errors import (
     EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
@@ -46,7 +46,6 @@ from imbalance_bench.signals import (
 from imbalance_bench.rundir import check_writable
 from imbalance_bench.runfiles import write_json
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("imbench")
 FAILED_JOBS: list[str] = []  # jobs of the current multirun that failed
 JOB_RECORDS = ".jobs"  # <sweep dir>/.jobs/<job num>.json: what each job of the current sweep did

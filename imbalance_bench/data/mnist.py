@@ -171,7 +171,7 @@ def default_root(config: str) -> Path:
     """`dataset.root` as conf/dataset/<config>.yaml sets it, resolved here: the root nobody chose."""
     from omegaconf import OmegaConf
 
-    from imbalance_bench.cli import CONF_DIR
+    from imbalance_bench.config import CONF_DIR
 
     return Path(str(OmegaConf.load(CONF_DIR / "dataset" / f"{config}.yaml").root)).expanduser().resolve()
 
