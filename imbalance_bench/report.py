@@ -2,7 +2,7 @@
 the paper-style report over many run directories behind `imbench-report` (report_cli.py).
 
 Only the standard library is imported here; matplotlib (plots), PyYAML (configs, reference
-tables) and runfiles (which imports torch) are imported where they are used.
+tables), runfiles and checkpoint (which import torch) are imported where they are used.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +100,9 @@ def format_summary(metrics: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------ imbench-report: paper-style tables
 #
-# collect runs (read_run) -> group into rows x columns (build_tables) -> aggregate seeds (aggregate)
-# -> format (format_cell, format_markdown, csv_rows) -> write (write_report, with the plots).
+# collect runs (read_run) and the sweeps' failed jobs (sweep_jobs) -> group into rows x columns
+# (run_groups, build_tables) -> aggregate seeds (aggregate) -> format (format_cell, format_markdown,
+# csv_rows) -> write (write_report, with the plots).
 
 METRICS = ("top1_error", "top1", "mean_f2", "map")
 METRIC_TITLES = {
@@ -113,11 +116,18 @@ MISSING = "—"
 # Hyper-parameters shown in a method's label even when every run shares them.
 ALWAYS_SHOWN = {"loss.gamma", "loss.base", "reweight.beta"}
 SYMBOLS = {"gamma": "γ", "beta": "β"}
-# Config keys that do not change a result, or that rows / columns already hold.
+# Config keys left out when runs are grouped: those that do not change a result (with checkpoint.py's
+# RESUME_MAY_DIFFER: trainer.resume, device, num_workers, progress_bar), and those a row or column
+# holds whole (every loss.* / reweight.* key is in the row's method; model.name is its model; the
+# column is the dataset, imbalance factor and profile). Any other model.* key (pretrained, ...) splits.
 NOT_COMPARED = re.compile(
-    r"^(seed|hydra\..*|dataset\.(root|download|name|imbalance_factor|imbalance_type)|model\..*|loss\..*|"
-    r"reweight\..*|trainer\.(device|num_workers|progress_bar|eval_batch_size))$"
+    r"^(seed|hydra\..*|dataset\.(root|download)|trainer\.eval_batch_size|"
+    r"dataset\.(name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*)$"
 )
+# What runs of one config must also share to be averaged: train subset, epochs and steps completed.
+RUN_FACTS = ("subset_sha256", "epochs_completed", "steps")
+UNSET = "<unset>"  # a config key some runs of a group have and this one does not
+SWEEP_SUMMARY = "sweep.json"  # written by imbench at the end of a sweep (cli.py, SweepReport)
 CSV_COLUMNS = (
     "metric", "epoch", "method", "dataset", "imbalance_factor", "imbalance_type", "n", "mean", "std", "seeds",
     "reference", "reference_row", "reference_value", "delta", "subsets", "runs",
@@ -159,6 +169,20 @@ class Run:
     @property
     def column(self) -> Column:
         return column_of(self.metrics, self.stats, self.config)
+
+    @cached_property
+    def compared(self) -> dict[str, Any]:
+        """The resolved config, flattened, less the keys runs may differ in and still be averaged
+        (NOT_COMPARED, RESUME_MAY_DIFFER); a key added to the config after a run was written holds
+        the value it had (ADDED_KEYS), so older runs still group with newer ones."""
+        from imbalance_bench.checkpoint import ADDED_KEYS, RESUME_MAY_DIFFER
+
+        flat = {**ADDED_KEYS, **flatten(self.config)}
+        return {k: v for k, v in flat.items() if k not in RESUME_MAY_DIFFER and not NOT_COMPARED.match(k)}
+
+    def fact(self, key: str):
+        """A RUN_FACTS value: the train subset from dataset_stats.json, epochs and steps from metrics.json."""
+        return self.stats.get(key) if key == "subset_sha256" else self.metrics.get(key)
 
 
 @dataclass
@@ -312,14 +336,67 @@ def read_run(path: Path) -> Run | Skipped:
             stats = _read_json(path / "dataset_stats.json")
         except (OSError, ValueError) as exc:
             return Skipped(path, f"unreadable dataset_stats.json: {str(exc).splitlines()[0]}", damaged=True)
-    if (path / ".hydra" / "config.yaml").exists():
+    if isinstance(metrics.get("config"), dict):
+        config = metrics["config"]  # resolved; .hydra/config.yaml keeps interpolations such as ${oc.env:...}
+    elif (path / ".hydra" / "config.yaml").exists():
         import yaml
 
         try:
             config = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             return Skipped(path, f"unreadable .hydra/config.yaml: {str(exc).splitlines()[0]}", damaged=True)
+        if not isinstance(config, dict):
+            return Skipped(path, "malformed .hydra/config.yaml: not a mapping", damaged=True)
     return Run(path, metrics, stats, config, method_keys(metrics, config))
+
+
+def malformed_sweep(data) -> str | None:
+    """What in a sweep.json record does not have the shape imbench writes (cli.py, record_job), or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        return "jobs is not a list"
+    for n, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            return f"jobs[{n}] is not an object"
+        for key, kinds in (("dir", str), ("outcome", str), ("error", (str, type(None))), ("job", (int, type(None)))):
+            if not isinstance(job.get(key), kinds) or isinstance(job.get(key), bool):
+                return f"jobs[{n}].{key} is {job.get(key)!r}"
+        if "\x00" in job["dir"]:
+            return f"jobs[{n}].dir holds a NUL character"
+    return None
+
+
+def sweep_jobs(roots: list[Path]) -> tuple[dict[Path, Skipped], list[str]]:
+    """The failed and stopped jobs of every sweep.json under `roots` (resolved job folder -> its
+    Skipped entry, with the job's one-line reason), and a warning for each sweep.json that cannot be
+    read. A job's folder is taken inside the folder of its sweep.json, so a moved sweep still matches."""
+    jobs: dict[Path, Skipped] = {}
+    warnings: list[str] = []
+    found = {p.resolve(): p for root in roots for p in sorted(Path(root).rglob(SWEEP_SUMMARY)) if p.is_file()}
+    for resolved, summary in found.items():
+        try:
+            data = _read_json(summary)
+        except (OSError, ValueError) as exc:
+            problem = f"unreadable {SWEEP_SUMMARY}: {str(exc).splitlines()[0]}"
+        else:
+            problem = malformed_sweep(data)
+            problem = problem and f"malformed {SWEEP_SUMMARY}: {problem}"
+        if problem:
+            warnings.append(f"{summary}: {problem}; its job outcomes are not shown")
+            continue
+        for job in data["jobs"]:
+            if job["outcome"] not in ("failed", "stopped"):
+                continue
+            folder = (resolved.parent / job["dir"]).resolve()  # an absolute dir stays itself
+            inside = folder.relative_to(resolved.parent) if folder.is_relative_to(resolved.parent) else folder.name
+            folder = summary.parent / inside
+            number = "" if job.get("job") is None else f"#{job['job']} "
+            error = (job.get("error") or "").strip().splitlines()
+            reason = f"job {number}{job['outcome']}" + (f": {error[0]}" if error else " (no reason recorded)")
+            jobs[folder.resolve()] = Skipped(folder, reason)
+    return jobs, warnings
 
 
 # ------------------------------------------------------------------ group and aggregate
@@ -404,11 +481,91 @@ def _row_key(method: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in method.items()))
 
 
+def _same_as(value) -> str:
+    """What a config value is compared by: numbers by value (1 == 1.0), lists item by item."""
+    def canonical(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        return tuple(map(canonical, v)) if isinstance(v, (list, tuple)) else v
+
+    return repr(canonical(value))
+
+
+def _override(value) -> str:
+    """A config value as a Hydra override writes it: null, true, 300, 0.0002, [0.5, 0.5]."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return _number(value) if value.is_integer() else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_override, value)) + "]"
+    return str(value)
+
+
+def _split(runs: list[Run], value_of, keys, apart: dict[int, list]) -> None:
+    """For each key on which `runs` differ, add (key, compared-by, value) to apart[id(run)] of every
+    run whose value is not the one most of them hold (on a tie no value is the common one)."""
+    for key in keys:
+        values = {id(r): value_of(r, key) for r in runs}
+        same_as = {i: _same_as(v) for i, v in values.items()}
+        counts = Counter(same_as.values()).most_common()
+        if len(counts) < 2:
+            continue
+        common = counts[0][0] if counts[0][1] > counts[1][1] else None
+        for run in runs:
+            if same_as[id(run)] != common:
+                apart[id(run)].append((key, same_as[id(run)], values[id(run)]))
+
+
+def run_groups(runs: list[Run]) -> dict[int, tuple]:
+    """id(run) -> what sets its group apart from the other runs of its method: ((key, compared-by,
+    value), ...), empty for the common setting. Runs are averaged only when they differ in the seed
+    alone, so a method's runs split (1) by every compared config key (Run.compared) on which its runs
+    on the same dataset differ (the datasets' own presets may differ), then (2) within a column by
+    train subset, epochs completed and steps (RUN_FACTS) where the config does not already tell them
+    apart. A group is set apart by the keys where its value is not the one most of those runs hold."""
+    apart: dict[int, list] = {id(r): [] for r in runs}
+    by_dataset: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_dataset.setdefault((_row_key(run.method), run.metrics["dataset"]), []).append(run)
+    for same in by_dataset.values():
+        keys = sorted({k for r in same for k in r.compared})
+        _split(same, lambda r, k: r.compared.get(k, UNSET), keys, apart)
+    by_cell: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_cell.setdefault((_row_key(run.method), _group_key(apart[id(run)]), run.column), []).append(run)
+    for same in by_cell.values():
+        _split(same, Run.fact, RUN_FACTS, apart)
+    return {i: tuple(pairs) for i, pairs in apart.items()}
+
+
+def _group_key(pairs) -> tuple:
+    return tuple((key, same_as) for key, same_as, _ in pairs)
+
+
+def group_label(pairs) -> str:
+    """` [dataset.limit_train=300, trainer.max_steps=5]`, ` [subset 1a2b3c4d]`, ` [steps=5]`: what
+    sets a group of runs apart from its method's common setting; empty for that setting."""
+    parts = []
+    for key, _, value in pairs:
+        if key == "subset_sha256":
+            parts.append(f"subset {value[:8]}" if isinstance(value, str) and value else "subset unknown")
+        elif key in RUN_FACTS:
+            parts.append(f"{key.split('_')[0]}={_override(value)}")
+        elif value == UNSET:
+            parts.append(f"{key} unset")
+        else:
+            parts.append(f"{key}={_override(value)}")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def build_tables(runs: list[Run], epoch: str = "last", metric: str | list[str] | None = "auto",
                  references: list[dict] | None = None) -> tuple[list[Table], list[Skipped]]:
     """Group runs into one table per metric (one or several choices; `auto` resolves per run and
-    choices that resolve alike give one table): rows = methods, columns = dataset x imbalance factor,
-    cells = the runs' values (seeds) at the last or best epoch, with the published value beside.
+    choices that resolve alike give one table): rows = methods, one per group of runs that differ in
+    the seed alone (run_groups), columns = dataset x imbalance factor, cells = the runs' values (seeds)
+    at the last or best epoch, with the published value beside (matched by the method, as reference/
+    says: a split row of a method is compared with the same published row).
     A run is skipped for each metric it does not record, and may still be in another metric's table."""
     from imbalance_bench.reference import lookup
 
@@ -426,26 +583,32 @@ def build_tables(runs: list[Run], epoch: str = "last", metric: str | list[str] |
             else:
                 by_metric.setdefault(name, []).append((run, value))
 
+    groups = run_groups(runs)  # over every run, so that a run has the same row in each table
+
+    def row_of(run: Run) -> tuple:
+        return _row_key(run.method), _group_key(groups[id(run)])
+
     tables = []
     for name in [m for m in METRICS if m in by_metric]:
         entries = by_metric[name]
-        unique: dict[tuple, dict] = {}
+        unique: dict[tuple, Run] = {}
         for run, _ in entries:
-            unique.setdefault(_row_key(run.method), run.method)
-        labels = dict(zip(unique, method_labels(list(unique.values()))))
+            unique.setdefault(row_of(run), run)
+        methods = method_labels([run.method for run in unique.values()])
+        labels = {row: text + group_label(groups[id(run)]) for (row, run), text in zip(unique.items(), methods)}
         rows = dict(sorted(labels.items(), key=lambda kv: kv[1]))
         columns = sorted({run.column for run, _ in entries},
                          key=lambda c: (c.dataset, c.imbalance_type or "", -(c.imbalance_factor or math.inf)))
         cells = {(row, col): Cell() for row in rows for col in columns}
         for run, value in entries:
-            cell = cells[(_row_key(run.method), run.column)]
+            cell = cells[(row_of(run), run.column)]
             cell.runs.append(run)
             cell.values.append(value)
         for (row, col), cell in cells.items():
             for ref in references or []:
                 if ref["metric"] != name:
                     continue
-                found = lookup(ref, unique[row], col.dataset, col.imbalance_type or "exp", col.imbalance_factor)
+                found = lookup(ref, unique[row].method, col.dataset, col.imbalance_type or "exp", col.imbalance_factor)
                 if found is not None:
                     cell.reference = (ref["tag"], found[1], found[0])
                     break
@@ -475,33 +638,32 @@ def skip_summary(tables: list[Table], skipped: list[Skipped]) -> str:
 
 
 def table_notes(table: Table) -> list[str]:
-    """Warnings a reader needs: columns whose runs used different train subsets, cells whose runs
-    differ in more than the seed, and seeds that ran twice."""
+    """Warnings a reader needs: columns whose rows used different train subsets (a cell's runs
+    share one: run_groups), and seeds that ran twice."""
     notes = []
     for col in table.columns:
         subsets: dict[str, list[str]] = {}
-        for row in table.rows:
-            for run in table.cells[(row, col)].runs:
-                subsets.setdefault(run.stats.get("subset_sha256") or "unknown", []).append(str(run.path))
+        for row, label in table.rows.items():
+            for sha in dict.fromkeys(r.stats.get("subset_sha256") or "unknown" for r in table.cells[(row, col)].runs):
+                subsets.setdefault(sha, []).append(label)
         if len(subsets) > 1:
-            parts = "; ".join(f"{sha[:12]}: {', '.join(paths)}" for sha, paths in sorted(subsets.items()))
-            notes.append(f"{col.label}: the compared runs used {len(subsets)} different train subsets "
-                         f"(subset_sha256 {parts})")
+            parts = "; ".join(f"{sha[:12]}: {', '.join(labels)}" for sha, labels in sorted(subsets.items()))
+            notes.append(f"{col.label}: the rows used {len(subsets)} different train subsets (subset_sha256 {parts})")
     for (row, col), cell in table.cells.items():
-        where = f"{table.rows[row]} / {col.label}"
-        if len(cell.runs) > 1:
-            flat = [{k: repr(v) for k, v in flatten(r.config).items() if not NOT_COMPARED.match(k)} for r in cell.runs]
-            keys = sorted({k for f in flat for k in f if len({f2.get(k) for f2 in flat}) > 1})
-            if keys:
-                notes.append(f"{where}: the runs differ in more than the seed: {', '.join(keys)}")
         seeds = [r.seed for r in cell.runs]
         repeated = sorted({repr(s) for s in seeds if seeds.count(s) > 1})
         if repeated:
-            notes.append(f"{where}: seed {', '.join(repeated)} ran more than once; each run counts in the mean")
+            notes.append(f"{table.rows[row]} / {col.label}: seed {', '.join(repeated)} ran more than once; "
+                         "each run counts in the mean")
     return notes
 
 
 # ------------------------------------------------------------------ format
+
+
+def _in_table(text: str) -> str:
+    """Text for a Markdown table cell: a `|` in it (a job's error may hold one) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _signed(value: float) -> str:
@@ -531,8 +693,9 @@ def epoch_statement(epoch: str, monitors: set[str]) -> str:
 
 
 def format_markdown(tables: list[Table], skipped: list[Skipped], epoch: str, references: list[dict],
-                    plots: list[str], sources: list[str]) -> str:
-    """report.md: one table per metric, its notes, the plots, the skipped runs and the sources."""
+                    plots: list[str], sources: list[str], warnings: list[str] | None = None) -> str:
+    """report.md: one table per metric, its notes, the plots, the skipped runs (and the sweep.json
+    files that could not be read) and the sources."""
     runs = reported_runs(tables)
     monitors = {r.metrics.get("monitor", "") for r in runs.values()}
     lines = [
@@ -542,8 +705,10 @@ def format_markdown(tables: list[Table], skipped: list[Skipped], epoch: str, ref
         + (" (listed below)." if skipped else "."),
         "",
         epoch_statement(epoch, monitors),
-        "Each cell is the mean ± sample standard deviation over the runs (seeds) of that method and column, "
+        "Each cell is the mean ± sample standard deviation over the runs (seeds) of that row and column, "
         f"with n when more than one ran; `{MISSING}` marks a cell without a run. "
+        "A cell's runs differ in the seed alone (config, train subset, epochs and steps): runs of a method "
+        "that differ in more are rows of their own, `[key=value, ...]` naming what sets them apart. "
         "`[Tag: value, Δ d]` is the published number and d = ours − published.",
     ]
     for table in tables:
@@ -562,7 +727,9 @@ def format_markdown(tables: list[Table], skipped: list[Skipped], epoch: str, ref
         lines += ["", "## Plots", ""] + [f"- [{p}]({p})" for p in plots]
     if skipped:
         lines += ["", "## Skipped run directories", "", "| run | reason |", "|---|---|"]
-        lines += [f"| `{s.path}` | {s.reason} |" for s in skipped]
+        lines += [f"| `{s.path}` | {_in_table(s.reason)} |" for s in skipped]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     used = [r for r in references if any(c.reference and c.reference[0] == r["tag"] for t in tables for c in t.cells.values())]
     if used:
         lines += ["", "## Published numbers", ""]
@@ -619,15 +786,16 @@ def _png(fig) -> bytes:
 
 
 def per_class_series(table: Table, col: Column, epoch: str) -> list[tuple[str, list[int], list[float]]]:
-    """(method, train counts, per-class accuracy or AP in % averaged over seeds) for one column;
-    classes without a value (absent from the test split) are left out."""
+    """(row, train counts, per-class accuracy or AP in % averaged over the row's seeds) for one
+    column: one series per row, i.e. per group of runs that differ in the seed alone, on that
+    group's own train counts; classes without a value (absent from the test split) are left out."""
     series = []
     for row, label in table.rows.items():
         runs = [r for r in table.cells[(row, col)].runs if r.stats.get("train_counts")]
         if not runs:
             continue
         counts = runs[0].stats["train_counts"]
-        records = [r.metrics.get(EPOCH_RECORDS[epoch]) or {} for r in runs]
+        records = [r.metrics.get(EPOCH_RECORDS[epoch]) or {} for r in runs if r.stats["train_counts"] == counts]
         per_class = [rec.get("per_class_accuracy") or rec.get("per_class_ap") for rec in records]
         per_class = [p for p in per_class if p and len(p) == len(counts)]
         if not per_class:
@@ -642,8 +810,20 @@ def per_class_series(table: Table, col: Column, epoch: str) -> list[tuple[str, l
     return series
 
 
+def class_count_series(table: Table, col: Column) -> list[tuple[list[str], list[int]]]:
+    """(rows, train count of each class) for one column, once per distinct training set: rows that
+    trained on other data (e.g. `dataset.limit_train`) get a series of their own."""
+    series: dict[tuple, list[str]] = {}
+    for row, label in table.rows.items():
+        for run in table.cells[(row, col)].runs:
+            counts = run.stats.get("train_counts")
+            if counts and label not in series.setdefault(tuple(counts), []):
+                series[tuple(counts)].append(label)
+    return [(labels, list(counts)) for counts, labels in series.items()]
+
+
 def plot_per_class(table: Table, col: Column, epoch: str) -> bytes | None:
-    """Per-class accuracy (or AP) against train count, log-x, one series per method."""
+    """Per-class accuracy (or AP) against train count, log-x, one series per row (per_class_series)."""
     series = per_class_series(table, col, epoch)
     if not series:
         return None
@@ -669,22 +849,38 @@ def plot_per_class(table: Table, col: Column, epoch: str) -> bytes | None:
         plt.close(fig)
 
 
-def plot_class_counts(run: Run, col: Column) -> bytes:
-    """Bar histogram of the train count of each class."""
+def plot_class_counts(table: Table, col: Column) -> bytes | None:
+    """Bar histogram of the train count of each class; with several training sets in the column
+    (class_count_series), side-by-side bars on a log axis, one colour per set, labelled by its rows."""
+    series = class_count_series(table, col)
+    if not series:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = run.stats["train_counts"]
-    names = run.stats.get("class_names") or [str(i) for i in range(len(counts))]
-    fig, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.35 * len(counts))), 3.6))
-    ax.bar(range(len(counts)), counts)
-    if len(counts) <= 20:
-        ax.set_xticks(range(len(counts)), names, rotation=45, ha="right", fontsize=7)
+    runs = [r for row in table.rows for r in table.cells[(row, col)].runs]
+    n_classes = max(len(counts) for _, counts in series)
+    names = next((r.stats["class_names"] for r in runs if len(r.stats.get("class_names") or []) == n_classes),
+                 [str(i) for i in range(n_classes)])
+    fig, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.35 * n_classes)), 3.6))
+    width = 0.8 / len(series)
+    for n, (labels, counts) in enumerate(series):
+        shift = (n - (len(series) - 1) / 2) * width
+        shown = ", ".join(labels[:2]) + (f" and {len(labels) - 2} more" if len(labels) > 2 else "")
+        ax.bar([i + shift for i in range(len(counts))], counts, width=width, label=f"{shown}: {sum(counts)} images")
+    if len(series) > 1:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: the bars fill the axes
+        ax.set_title(f"{col.label}: train images per class")
+    else:
+        ax.set_title(f"{col.label}: {sum(series[0][1])} train images")
+    if n_classes <= 20:
+        ax.set_xticks(range(n_classes), names, rotation=45, ha="right", fontsize=7)
     ax.set_xlabel("class")
-    ax.set_ylabel("train images" + (" (positives)" if run.metrics.get("label_kind") == "multi" else ""))
-    ax.set_title(f"{col.label}: {sum(counts)} train images")
+    multi = any(r.metrics.get("label_kind") == "multi" for r in runs)
+    ax.set_ylabel("train images" + (" (positives)" if multi else ""))
     try:
         return _png(fig)
     finally:
@@ -692,9 +888,9 @@ def plot_class_counts(run: Run, col: Column) -> bytes:
 
 
 def column_table(tables: list[Table], col: Column) -> Table:
-    """Every reported run of `col` across the tables, one row per method (labelled as in the first
-    table listing it): per-class accuracy / AP does not depend on the table's metric, so a column's
-    plots are drawn once from all its runs, not once per table."""
+    """Every reported run of `col` across the tables, one row per method and group (labelled as in
+    the first table listing it): per-class accuracy / AP does not depend on the table's metric, so a
+    column's plots are drawn once from all its runs, not once per table."""
     rows: dict[tuple, str] = {}
     cells: dict[tuple, Cell] = {}
     for table in tables:
@@ -718,9 +914,9 @@ def report_plots(tables: list[Table], epoch: str) -> dict[str, bytes]:
         png = plot_per_class(merged, col, epoch)
         if png is not None:
             plots[f"per_class_{col.slug}.png"] = png
-        first = next((r for row in merged.rows for r in merged.cells[(row, col)].runs if r.stats.get("train_counts")), None)
-        if first is not None:
-            plots[f"class_counts_{col.slug}.png"] = plot_class_counts(first, col)
+        png = plot_class_counts(merged, col)
+        if png is not None:
+            plots[f"class_counts_{col.slug}.png"] = png
     return plots
 
 
@@ -733,12 +929,14 @@ class ReportResult:
     tables: list[Table]
     skipped: list[Skipped]
     files: list[str]
+    warnings: list[str] = field(default_factory=list)  # sweep.json files that could not be read
 
 
 def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: str | list[str] | None = "auto",
                  reference_names: list[str] | None = None) -> ReportResult:
     """Read every run directory under `paths` and write report.md, report.csv and the PNG plots
-    into `out_dir`, each atomically; `metric` is one choice or several (one table each).
+    into `out_dir`, each atomically; `metric` is one choice or several (one table each). The failed
+    and stopped jobs of any sweep.json under `paths` are skipped with the job's reason.
     Raises ImbenchError when no run can be reported."""
     from imbalance_bench.errors import ImbenchError
     from imbalance_bench.reference import default_references, load_reference
@@ -753,11 +951,15 @@ def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: 
         if not Path(path).exists():
             raise ImbenchError(f"{path}: no such file or directory")
         run_dirs += [d for d in find_run_dirs(Path(path)) if d not in run_dirs]
-    if not run_dirs:
+    jobs, warnings = sweep_jobs([Path(p) for p in paths])
+    if not run_dirs and not jobs:
         raise ImbenchError(f"no run directories (with metrics.json) under {', '.join(map(str, paths))}")
     read = [read_run(d) for d in run_dirs]
     runs = [r for r in read if isinstance(r, Run)]
-    skipped = [r for r in read if isinstance(r, Skipped)]
+    # a job the sweep recorded as failed or stopped says why, rather than "no metrics.json"; a damaged
+    # file is still named, and a completed run (finished later) is reported
+    skipped = [jobs.get(r.path.resolve(), r) if not r.damaged else r for r in read if isinstance(r, Skipped)]
+    skipped += [job for folder, job in jobs.items() if folder not in {d.resolve() for d in run_dirs}]
     tables, unusable = build_tables(runs, epoch, metric, references)
     skipped += unusable
     if not tables:
@@ -769,6 +971,6 @@ def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: 
     for name, png in plots.items():
         atomic_write_bytes(out_dir / name, png)
     atomic_write_bytes(out_dir / "report.csv", format_csv(csv_rows(tables, epoch)).encode())
-    markdown = format_markdown(tables, skipped, epoch, references, list(plots), [str(p) for p in paths])
+    markdown = format_markdown(tables, skipped, epoch, references, list(plots), [str(p) for p in paths], warnings)
     atomic_write_bytes(out_dir / "report.md", markdown.encode())
-    return ReportResult(out_dir, tables, skipped, ["report.md", "report.csv", *plots])
+    return ReportResult(out_dir, tables, skipped, ["report.md", "report.csv", *plots], warnings)

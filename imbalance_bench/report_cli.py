@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     for skipped in result.skipped:
         if skipped.damaged:
             print(f"{PROG}: warning: {skipped.path}: {skipped.reason}; skipped", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     n_runs = len(reported_runs(result.tables))  # a run in several tables counts once
     print(f"{PROG}: {n_runs} run(s), {skip_summary(result.tables, result.skipped)}; "
           f"wrote {', '.join(result.files)} to {result.out_dir}")

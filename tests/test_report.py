@@ -33,23 +33,27 @@ def reweight_cfg(name="none", **params):
 
 def write_run(path: Path, *, seed=0, top1=0.7, best_top1=None, loss=None, reweight=None, dataset="cifar10_lt",
               imbalance_factor=100, imbalance_type="exp", counts=CIFAR10_IF100, subset="a" * 64,
-              status="completed", label_kind="single", epochs=200) -> Path:
-    """A run directory as `imbench` writes it: metrics.json, dataset_stats.json, .hydra/config.yaml."""
+              status="completed", label_kind="single", epochs=200, steps=None, max_steps=None, limit_train=None,
+              pretrained=False, trainer=None, completed=None) -> Path:
+    """A run directory as `imbench` writes it: metrics.json, dataset_stats.json, .hydra/config.yaml
+    (`trainer`: more trainer keys; `completed`: epochs completed, default `epochs`; `steps`: default
+    10 a completed epoch)."""
     loss = loss or loss_cfg("ce")
     reweight = reweight or reweight_cfg()
     (path / ".hydra").mkdir(parents=True)
     config = {
         "seed": seed,
         "dataset": {"name": dataset, "root": "data", "imbalance_factor": imbalance_factor,
-                    "imbalance_type": imbalance_type},
-        "model": {"name": "resnet32"}, "loss": loss, "reweight": reweight,
-        "trainer": {"epochs": epochs, "device": "auto"},
+                    "imbalance_type": imbalance_type, "limit_train": limit_train},
+        "model": {"name": "resnet32", "pretrained": pretrained}, "loss": loss, "reweight": reweight,
+        "trainer": {"epochs": epochs, "max_steps": max_steps, "device": "auto", **(trainer or {})},
     }
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (path / "dataset_stats.json").write_text(json.dumps({
         "name": dataset, "train_counts": counts, "class_names": [f"c{i}" for i in range(len(counts))],
         "imbalance_factor": imbalance_factor, "imbalance_type": imbalance_type, "subset_sha256": subset,
     }))
+    completed = epochs if completed is None else completed
     per_class = [round(top1 + 0.02 * (4 - i), 4) for i in range(len(counts))]
     if label_kind == "multi":
         final = {"epoch": epochs, "map": top1, "mean_f2": top1 - 0.1, "per_class_ap": per_class}
@@ -61,7 +65,7 @@ def write_run(path: Path, *, seed=0, top1=0.7, best_top1=None, loss=None, reweig
         "schema_version": 1, "status": status, "dataset": dataset, "model": "resnet32", "loss": loss["name"],
         "reweight": reweight["name"], "label_kind": label_kind, "seed": seed,
         "monitor": "map" if label_kind == "multi" else "top1", "monitor_split": "test",
-        "epochs_completed": epochs, "final_epoch": epochs, "best_epoch": best["epoch"], "final": final, "best": best,
+        "epochs_completed": completed, "steps": 10 * completed if steps is None else steps, "final_epoch": epochs, "best_epoch": best["epoch"], "final": final, "best": best,
     }))
     return path
 
@@ -159,17 +163,126 @@ def test_build_tables_groups_seeds_and_notes_different_subsets(sweep):
     assert set(by_label) == {"ce", "bce", "focal γ=0.5 + cb β=0.9999"}
     ce = table.cells[(by_label["ce"], table.columns[0])]
     assert ce.values == pytest.approx([30.0, 29.0, 28.0]) and ce.std == pytest.approx(1.0)
-    assert [n for n in table.notes if "different train subsets" in n] == [
-        "cifar10_lt IF 10: the compared runs used 2 different train subsets (subset_sha256 "
-        f"bbbbbbbbbbbb: {sweep / '4'}; cccccccccccc: {sweep / '5'})"
+    assert table.notes == [  # ce's IF 10 run is on another subset than its IF 100 runs, as it should
+        "cifar10_lt IF 10: the rows used 2 different train subsets (subset_sha256 bbbbbbbbbbbb: ce; cccccccccccc: bce)"
     ]
 
 
-def test_notes_when_a_cell_mixes_configs(tmp_path):
+def test_a_seed_that_ran_twice_is_noted(tmp_path):
+    runs = [read_run(write_run(tmp_path / name, seed=0, top1=top1)) for name, top1 in (("a", 0.7), ("b", 0.8))]
+    (table,), _ = build_tables(runs, "last", "auto", [])
+    assert list(table.rows.values()) == ["ce"] and table.cells[(next(iter(table.rows)), table.columns[0])].n == 2
+    assert table.notes == ["ce / cifar10_lt IF 100: seed 0 ran more than once; each run counts in the mean"]
+
+
+def test_runs_differing_only_in_seed_and_in_what_does_not_change_a_result_share_a_cell(tmp_path):
+    """The seed, the device, DataLoader workers, the progress bar, resuming and the data folder do
+    not split a cell."""
+    write_run(tmp_path / "0", seed=0, top1=0.70, trainer={"num_workers": 0, "progress_bar": True, "resume": "auto"})
+    write_run(tmp_path / "1", seed=1, top1=0.71, trainer={"num_workers": 4, "progress_bar": False, "resume": False,
+                                                          "device": "cuda:1"})
+    run = write_run(tmp_path / "2", seed=2, top1=0.72,
+                    trainer={"num_workers": 2, "progress_bar": True, "resume": "auto"})
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["dataset"]["root"] = "/elsewhere/data"
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (table,), _ = build_tables([read_run(tmp_path / str(n)) for n in range(3)], "last", "auto", [])
+    assert list(table.rows.values()) == ["ce"]
+    (cell,) = table.cells.values()
+    assert cell.n == 3 and cell.mean == pytest.approx(29.0) and cell.std == pytest.approx(1.0)
+    assert table.notes == []
+
+
+def test_the_resolved_config_in_metrics_json_is_what_runs_are_grouped_by(tmp_path):
+    """metrics.json's `config` (resolved) wins over .hydra/config.yaml (which keeps ${...} interpolations)."""
+    runs = []
+    for seed, root in ((0, "/a"), (1, "/b")):
+        run = write_run(tmp_path / str(seed), seed=seed)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["config"] = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        metrics["config"]["dataset"]["root"] = root
+        metrics["config"]["trainer"]["max_steps"] = 5 * (seed + 1)
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(read_run(run))
+    (table,), _ = build_tables(runs, "last", "auto", [])
+    assert sorted(table.rows.values()) == ["ce [trainer.max_steps=10]", "ce [trainer.max_steps=5]"]
+
+
+def test_a_smoke_run_gets_a_row_of_its_own_in_the_table_csv_and_plots(tmp_path):
+    """Two full runs (seeds 0, 1) and a smoke run (`trainer.max_steps=5 dataset.limit_train=300`, on
+    its own subset, one epoch): two rows, never one mean of all three."""
+    focal_cb = dict(loss=loss_cfg("focal", gamma=2.0), reweight=reweight_cfg("cb", beta=0.9999), epochs=4)
+    smoke_counts = [121, 73, 44, 26, 16, 9, 6, 3, 2, 0]
+    write_run(tmp_path / "runs" / "0", seed=0, top1=0.70, **focal_cb)
+    write_run(tmp_path / "runs" / "1", seed=1, top1=0.72, **focal_cb)
+    write_run(tmp_path / "runs" / "2", seed=0, top1=0.10, max_steps=5, limit_train=300, counts=smoke_counts,
+              subset="d" * 64, completed=1, steps=5, **focal_cb)
+    result = write_report([tmp_path / "runs"], tmp_path / "out", "last", "auto", None)
+
+    full = "focal γ=2 + cb β=0.9999"
+    smoke = full + " [dataset.limit_train=300, trainer.max_steps=5]"
+    (table,) = result.tables
+    by_label = {label: row for row, label in table.rows.items()}
+    assert list(by_label) == [full, smoke]
+    (col,) = table.columns
+    full_cell, smoke_cell = table.cells[(by_label[full], col)], table.cells[(by_label[smoke], col)]
+    assert full_cell.n == 2 and full_cell.mean == pytest.approx(29.0) and full_cell.std == pytest.approx(2 ** 0.5)
+    assert smoke_cell.n == 1 and smoke_cell.mean == pytest.approx(90.0)
+    # the published row is matched by the method (reference/: model, loss, reweight, DRW, hyper-parameters)
+    assert full_cell.reference == smoke_cell.reference == ("Cao19", "CB Focal", 25.43)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"| {full} | 29.00 ± 1.41 (n=2) [Cao19: 25.43, Δ +3.57] |" in md
+    assert f"| {smoke} | 90.00 [Cao19: 25.43, Δ +64.57] |" in md
+    assert "differ in more than the seed" not in md
+
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "report.csv")}
+    assert [tuple(rows[m][k] for k in ("n", "mean", "std", "seeds", "subsets")) for m in (full, smoke)] == [
+        ("2", "29.0000", "1.4142", "0 1", "1"), ("1", "90.0000", "", "0", "1")]
+    assert rows[smoke]["runs"] == str(tmp_path / "runs" / "2")
+
+    merged = report.column_table(result.tables, col)
+    series = report.per_class_series(merged, col, "last")
+    assert [label for label, _, _ in series] == [full, smoke]
+    assert series[0][1] == CIFAR10_IF100  # the full runs' counts, their per-class values averaged over seeds 0, 1
+    assert series[0][2] == pytest.approx([100 * (0.71 + 0.02 * (4 - i)) for i in range(10)])
+    assert series[1][1] == smoke_counts[:9]  # its own counts; a class without train images is left out
+    assert series[1][2] == pytest.approx([100 * (0.10 + 0.02 * (4 - i)) for i in range(9)])
+    assert report.class_count_series(merged, col) == [([full], CIFAR10_IF100), ([smoke], smoke_counts)]
+    for name in ("per_class_cifar10_lt_if100.png", "class_counts_cifar10_lt_if100.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_one_training_set_in_a_column_is_one_class_count_series(sweep):
+    runs = [read_run(sweep / str(n)) for n in range(4)]
+    (table,), _ = build_tables(runs, "last", "auto", [])
+    (col,) = table.columns
+    assert report.class_count_series(table, col) == [(["ce", "focal γ=0.5 + cb β=0.9999"], CIFAR10_IF100)]
+
+
+@pytest.mark.parametrize(("changed", "split_label"), [
+    (dict(steps=50), "ce [steps=50]"),
+    (dict(completed=150, steps=2000), "ce [epochs=150]"),
+    (dict(subset="0123456789" * 6 + "abcd"), "ce [subset 01234567]"),
+    (dict(pretrained=True), "ce [model.pretrained=true]"),  # model.name is the row's; its other keys split
+    (dict(trainer={"amp": False}), "ce [trainer.amp=false]"),
+])
+def test_a_run_that_differs_in_more_than_the_seed_is_split_off(tmp_path, changed, split_label):
+    """Same config and column, but other steps, epochs completed or train subset (no config key
+    explains them), or another config key: a row of its own; the common setting keeps the plain label."""
+    runs = [read_run(write_run(tmp_path / "0", seed=0, top1=0.70, trainer={"amp": True})),
+            read_run(write_run(tmp_path / "1", seed=1, top1=0.72, trainer={"amp": True})),
+            read_run(write_run(tmp_path / "2", seed=2, top1=0.50, **{"trainer": {"amp": True}, **changed}))]
+    (table,), _ = build_tables(runs, "last", "auto", [])
+    (col,) = table.columns
+    assert {label: table.cells[(row, col)].n for row, label in table.rows.items()} == {"ce": 2, split_label: 1}
+
+
+def test_a_tie_labels_every_group(tmp_path):
+    """With as many runs of each setting no value is the common one: both rows name theirs."""
     runs = [read_run(write_run(tmp_path / "a", seed=0)), read_run(write_run(tmp_path / "b", seed=0, epochs=100))]
     (table,), _ = build_tables(runs, "last", "auto", [])
-    assert "ce / cifar10_lt IF 100: the runs differ in more than the seed: trainer.epochs" in table.notes
-    assert "ce / cifar10_lt IF 100: seed 0 ran more than once; each run counts in the mean" in table.notes
+    assert list(table.rows.values()) == ["ce [trainer.epochs=100]", "ce [trainer.epochs=200]"]
+    assert [c.n for c in table.cells.values()] == [1, 1] and table.notes == []
 
 
 # ------------------------------------------------------------------ the console entry point
@@ -402,3 +515,83 @@ def test_a_malformed_metrics_json_is_skipped_with_one_warning_naming_it(tmp_path
     assert err.strip().splitlines() == [f"imbench-report: warning: {bad}: malformed metrics.json: {reason}; skipped"]
     assert "imbench-report: 1 run(s), 1 skipped" in out
     assert f"`{bad}` | malformed metrics.json: {reason} |" in (tmp_path / "report" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ sweep.json: failed and stopped jobs
+
+
+def write_sweep_json(sweep_dir: Path, jobs: list[tuple[int, str, str | None]]) -> Path:
+    """`sweep_dir/sweep.json` as imbench writes it at the end of a sweep: each job's record
+    (cli.record_job) summed up by cli.SweepReport."""
+    from omegaconf import OmegaConf
+
+    from imbalance_bench.cli import FAILED_JOBS, SweepReport, record_job
+
+    for num, outcome, error in jobs:
+        record_job(OmegaConf.create({
+            "sweep": {"dir": str(sweep_dir)}, "job": {"num": num}, "overrides": {"task": [f"seed={num}"]},
+            "runtime": {"output_dir": str(sweep_dir / str(num))},
+        }), outcome, error)
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+    FAILED_JOBS.clear()  # what the sweep's command would report; no command runs here
+    return sweep_dir / "sweep.json"
+
+
+def test_failed_and_stopped_jobs_are_listed_with_their_reasons(tmp_path, capsys):
+    """Job 0 trained; job 1 crashed (its folder has .hydra/, no metrics.json); job 2 was refused
+    (its folder holds nothing); job 3 was stopped. The sweep was moved after it ran: its jobs'
+    folders are found inside the folder of its sweep.json."""
+    ran = tmp_path / "ran"
+    write_run(ran / "0")
+    (ran / "1" / ".hydra").mkdir(parents=True)
+    (ran / "1" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (ran / "3" / ".hydra").mkdir(parents=True)
+    (ran / "3" / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    write_sweep_json(ran, [
+        (0, "trained", None),
+        (1, "failed", "crashed with RuntimeError: CUDA error\nsecond line (traceback in 1/traceback.txt)"),
+        (2, "failed", "trainer.device=tpu is not allowed (auto | cpu | cuda)"),
+        (3, "stopped", "stopped by SIGTERM after epoch 2; the checkpoint is saved"),
+    ])
+    sweep = ran.rename(tmp_path / "moved")
+
+    main([str(sweep), "--reference", "none"])
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("imbench-report: 1 run(s), 3 skipped; ")
+    skipped = section((sweep / "report.md").read_text(), "Skipped run directories")
+    assert skipped.strip().splitlines()[2:] == [
+        f"| `{sweep / '1'}` | job #1 failed: crashed with RuntimeError: CUDA error |",
+        f"| `{sweep / '3'}` | job #3 stopped: stopped by SIGTERM after epoch 2; the checkpoint is saved |",
+        f"| `{sweep / '2'}` | job #2 failed: trainer.device=tpu is not allowed (auto \\| cpu \\| cuda) |",
+    ]
+    assert "no metrics.json" not in skipped
+
+
+def test_only_failed_jobs_is_one_line_naming_the_first(tmp_path, capsys):
+    write_sweep_json(tmp_path, [(0, "failed", "dataset.root=x: not found")])
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (f"imbench-report: error: no completed runs to report under {tmp_path} "
+                                       f"(1 skipped; {tmp_path / '0'}: job #0 failed: dataset.root=x: not found)\n")
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    ('{"jobs": [', "unreadable sweep.json: Expecting value: line 1 column 11 (char 10)"),
+    ('{"jobs": [{"job": 1, "dir": "1", "outcome": 5, "error": null}]}', "malformed sweep.json: jobs[0].outcome is 5"),
+    ('{"jobs": {}}', "malformed sweep.json: jobs is not a list"),
+])
+def test_a_damaged_sweep_json_is_one_warning_naming_it(tmp_path, capsys, damage, problem):
+    write_run(tmp_path / "0")
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)
+    (tmp_path / "1" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (tmp_path / "sweep.json").write_text(damage)
+
+    main([str(tmp_path), "--reference", "none"])
+    out, err = capsys.readouterr()
+    warning = f"{tmp_path / 'sweep.json'}: {problem}; its job outcomes are not shown"
+    assert err == f"imbench-report: warning: {warning}\n"
+    assert out.startswith("imbench-report: 1 run(s), 1 skipped; ")
+    md = (tmp_path / "report.md").read_text()
+    assert f"| `{tmp_path / '1'}` | no metrics.json (still running, crashed or interrupted) |" in md
+    assert section(md, "Warnings").strip() == f"- {warning}"
