@@ -115,7 +115,6 @@ EPOCH_RECORDS = {"last": "final", "best": "best"}
 MISSING = "—"
 # Hyper-parameters shown in a method's label even when every run shares them.
 ALWAYS_SHOWN = {"loss.gamma", "loss.base", "reweight.beta"}
-SYMBOLS = {"gamma": "γ", "beta": "β"}
 # Config keys left out when runs are grouped: those that do not change a result (with checkpoint.py's
 # RESUME_MAY_DIFFER: trainer.resume, device, num_workers, progress_bar), and those a row or column
 # holds whole (every loss.* / reweight.* key is in the row's method; model.name is its model; the
@@ -457,7 +456,7 @@ def method_labels(methods: list[dict]) -> list[str]:
         for key in sorted(k for k in m if k.startswith(group + ".") and k != "reweight.start_epoch"):
             if key in ALWAYS_SHOWN or (group, m[group], key) in varying:
                 short = key.split(".", 1)[1]
-                shown.append(f"{SYMBOLS.get(short, short)}={_value(m[key])}")
+                shown.append(f"{GREEK.get(short, short)}={_value(m[key])}")
         return (" " + " ".join(shown)) if shown else ""
 
     labels = []
