@@ -80,6 +80,15 @@ def imbench(tmp_path):
     return _run
 
 
+def exit_code(main, args) -> int:
+    """Call a console entry point's `main(args)` in this process; its exit code (0 when it returns)."""
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return 0 if exc.code is None else exc.code
+    return 0
+
+
 @pytest.fixture
 def imbench_in_process(tmp_path, monkeypatch, capsys):
     """Call `imbench ARGS` (cli.main) in this process from a fresh working directory; returns (exit
@@ -96,11 +105,8 @@ def imbench_in_process(tmp_path, monkeypatch, capsys):
 
     def _run(*args) -> tuple[int, str]:
         capsys.readouterr()
-        code = 0
         try:
-            cli.main(list(args))
-        except SystemExit as exc:
-            code = exc.code
+            code = exit_code(cli.main, args)
         finally:
             GlobalHydra.instance().clear()
             for handler in root.handlers[:]:

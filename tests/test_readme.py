@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import exit_code
 from imbalance_bench import cli, report_cli, reproduce
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,17 +91,14 @@ def test_each_readme_command_passes_preflight(command, tmp_path, monkeypatch, ca
         return
     if command.startswith("scripts/"):
         args = script_args(command, tmp_path)
-        try:
-            reproduce.main([*args, "--dry-run"])  # every job of every sweep composed and validated
-        except SystemExit as exc:
-            pytest.fail(f"{command}: exit {exc.code}: {capsys.readouterr().err.strip()}")
-        assert re.search(r"\d+ runs ->", capsys.readouterr().out)
+        code = exit_code(reproduce.main, [*args, "--dry-run"])  # every job of every sweep composed and validated
+        captured = capsys.readouterr()
+        assert code == 0, f"{command}: exit {code}: {captured.err.strip()}"
+        assert re.search(r"\d+ runs ->", captured.out)
         return
     args = imbench_args(command)
     if "--help" in args:
-        with pytest.raises(SystemExit) as exc:
-            cli.main(args)
-        assert exc.value.code == 0
+        assert exit_code(cli.main, args) == 0
         return
     try:
         jobs = cli.preflight(args)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, exit_code
 from imbalance_bench.config import validate
 from imbalance_bench.reference import load_reference, lookup
 from imbalance_bench.report import method_keys
@@ -248,11 +248,7 @@ def reproduce_in_process(tmp_path, monkeypatch, capsys):
 
     def _run(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = 0
-        try:
-            reproduce.main(list(args))
-        except SystemExit as exc:
-            code = exc.code
+        code = exit_code(reproduce.main, args)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
