@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from imbalance_bench.errors import ConfigError, DataError
 from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
@@ -109,9 +109,9 @@ def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
 OLD_LAYOUT_GLOBALS = [*((obj, name) for name, obj in NUMPY_ARRAY_GLOBALS.items()), type(np.dtype(np.uint32))]
 
 
-def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
+def load_checkpoint(path: Path, resolved_config: dict[str, Any]) -> dict[str, Any]:
     """Read a checkpoint with torch's weights-only loader, which builds tensors and plain values
-    only (never calls what a crafted file names), and check that this run's config wrote it."""
+    only (never calls what a crafted file names), and check that this run's (resolved) config wrote it."""
     try:
         with torch.serialization.safe_globals(OLD_LAYOUT_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -124,7 +124,7 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
                         "delete it or set trainer.resume=false") from None
     if not isinstance(checkpoint, dict) or "rng" not in checkpoint or "history" not in checkpoint:
         raise DataError(f"{path}: not an imbench checkpoint that can be resumed; delete it or set trainer.resume=false")
-    differing = config_differences(checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
+    differing = config_differences(checkpoint["config"], resolved_config)
     if differing:
         raise ConfigError(
             f"trainer.resume: {path} was written by another config (differs in {shown_keys(differing)}); "

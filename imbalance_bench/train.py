@@ -37,7 +37,7 @@ from imbalance_bench.checkpoint import (
     set_rng_state,
     shown_keys,
 )
-from imbalance_bench.config import check_combinations, resolve_monitor, validate
+from imbalance_bench.config import resolve_monitor
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.data.jpeg_batch import batch_to_device
@@ -80,9 +80,10 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
     whose metrics.json holds a completed run of this config is left as it is (re-running a sweep skips
     its finished jobs); one with a checkpoint continues from it; a run that is refused (another
     config's results, a checkpoint of another config, a folder it cannot write) changes nothing there.
-    Under torchrun every process runs this with the same `run_dir`; only rank 0 writes there."""
-    validate(cfg)
-    check_combinations(cfg)
+    Under torchrun every process runs this with the same `run_dir`; only rank 0 writes there.
+
+    `cfg` is a validated config: `imbench` checks every job of the command (cli.preflight: ranges,
+    combinations) before any starts, and this trusts it; it is resolved here, once."""
     world = current_world()
     run_dir = Path(run_dir)
     check_writable(run_dir, run_dir_key())  # Hydra has made it already; a direct call of `run` may not have
@@ -95,7 +96,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobResult:
                      format_summary(done))
             return JobResult("complete", done)
         checkpoint_path = find_checkpoint(cfg, run_dir)
-        checkpoint = load_checkpoint(checkpoint_path, cfg) if checkpoint_path else None  # before any data is read
+        checkpoint = load_checkpoint(checkpoint_path, resolved_config) if checkpoint_path else None  # before any data
         if world.is_main:
             lock.announce()
             remove_leftovers(run_dir)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dataset_files import NumPy1Pickler, write_cifar10, write_cifar100, write_mnist_from_digits
 from imbalance_bench.checkpoint import Generators, load_checkpoint, rng_state, set_rng_state
@@ -222,7 +223,8 @@ def test_a_checkpoint_of_the_old_layout_resumes_like_a_new_one(compose_cfg, data
         needs = torch.serialization.get_unsafe_globals_in_checkpoint(old / "checkpoints" / "last.pt")
         assert {f"numpy.{'_' if numpy_major == 2 else ''}core.multiarray._reconstruct", "numpy.ndarray"} <= set(needs)
         np.random.seed(12345)
-        set_rng_state(load_checkpoint(old / "checkpoints" / "last.pt", compose_cfg(overrides))["rng"],
+        set_rng_state(load_checkpoint(old / "checkpoints" / "last.pt",
+                                      OmegaConf.to_container(compose_cfg(overrides), resolve=True))["rng"],
                       Generators.seeded(0, torch.device("cpu")))
         state = np.random.get_state()
         assert np.array_equal(state[1], saved[1].numpy()) and state[2:] == saved[2:]
