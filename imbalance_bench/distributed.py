@@ -9,20 +9,23 @@ take the optimiser steps one process would take on the same global batch, up to 
 floating-point sums (the equivalence test checks this with gloo on the CPU).
 
 A single process is a `World` of size 1, whose collectives do nothing; nothing else changes.
+torch is imported where a collective or a device check needs it, so that reading the world from the
+environment (pre-flight, error lines) costs no torch import.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from imbalance_bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class World:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over the processes, in place."""
         if self.distributed:
+            import torch.distributed as dist
+
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
@@ -74,6 +79,9 @@ class World:
         to NCCL), so asking every step does not make a GPU wait."""
         if not self.distributed:
             return value
+        import torch
+        import torch.distributed as dist
+
         tensor = torch.tensor([int(value)], dtype=torch.int64)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return int(tensor.item())
@@ -82,6 +90,9 @@ class World:
         """Every process's rows of `tensor` (the same trailing shape on each), concatenated in rank order."""
         if not self.distributed:
             return tensor
+        import torch
+        import torch.distributed as dist
+
         count = torch.tensor([len(tensor)], device=tensor.device)
         counts = [torch.zeros_like(count) for _ in range(self.size)]
         dist.all_gather(counts, count)
@@ -96,12 +107,16 @@ class World:
         """Rank 0's `value` (any picklable object), on every process."""
         if not self.distributed:
             return value
+        import torch.distributed as dist
+
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def barrier(self) -> None:
         if self.distributed:
+            import torch.distributed as dist
+
             dist.barrier()
 
     @contextmanager
@@ -121,6 +136,8 @@ def check_ddp(cfg, world: World) -> None:
     process on a machine, and at least one image of each batch per process."""
     if not world.distributed:
         return
+    import torch
+
     check_device(str(cfg.trainer.device), world)
     per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -149,15 +166,24 @@ def world_from_env() -> World:
     )
 
 
+def _joined() -> bool:
+    """Whether this process has joined a process group (never, when torch was not even imported)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
 def current_world() -> World:
     """The world of this process once `init_world` has joined the process group, else a single process."""
-    return world_from_env() if dist.is_available() and dist.is_initialized() else World()
+    return world_from_env() if _joined() else World()
 
 
 def init_world() -> World:
     """Join the process group torchrun started (gloo for CPU tensors, NCCL for CUDA ones)."""
     world = world_from_env()
-    if world.distributed and not dist.is_initialized():
+    if world.distributed and not _joined():
+        import torch
+        import torch.distributed as dist
+
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available() and world.local_rank < torch.cuda.device_count():
             torch.cuda.set_device(world.local_rank)
@@ -166,8 +192,8 @@ def init_world() -> World:
 
 
 def close_world() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if _joined():
+        sys.modules["torch.distributed"].destroy_process_group()
 
 
 # ------------------------------------------------------------------ per-image random draws

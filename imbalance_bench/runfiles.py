@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
-
 
 def current_umask() -> int:
     """The process's umask, read without changing it (Linux), else by setting and restoring it."""
@@ -52,6 +50,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch  # here: writing a run's JSON files needs no torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())

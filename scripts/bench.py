@@ -475,6 +475,12 @@ def peak_mb(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
 
 
+def cli_table(result: dict) -> str:
+    lines = ["| command | what | wall (median) | heavy modules imported |", "|---|---|---|---|"]
+    lines += [f"| `{r['command']}` | {r['what']} | {r['wall_s']} s | {r['imports']} |" for r in result["cli"]["rows"]]
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = ["| part | variant | images/s | ours / reference | peak GPU MB | est. 200-epoch run (s) |",
              "|---|---|---|---|---|---|"]
@@ -539,7 +545,35 @@ def part_accuracy(args, device: torch.device, root: Path) -> dict:
     return {"rows": rows, "max_abs_difference_points": max(abs(r["difference_points"]) for r in rows)}
 
 
-PARTS = {"step": part_step, "accuracy": part_accuracy, "full": part_full, "resnet32": part_resnet32, "resnet50": part_resnet50, "pack": part_pack}
+#: command lines whose start-up the cli part times: what a user waits for before anything trains
+CLI_COMMANDS = {"--help": ["--help"], "--cfg job": ["--cfg", "job"],
+                "a one-line config error": ["trainer.epochs=0"],
+                "--cfg job, COCO focal preset": ["experiment=focal_coco_f2", "--cfg", "job"]}
+
+
+def part_cli(args, device: torch.device, root: Path) -> dict:
+    """Wall time of `imbench` start-ups that train nothing (help, printing the config, a config error),
+    each the median of --cli-repeats fresh processes, and the heavy modules each one imported."""
+    probe = ("import runpy, sys; sys.argv = ['imbench', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('imbalance_bench', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'torchvision', 'timm', 'sklearn') if m in sys.modules]\n"
+             "print('HEAVY=' + ','.join(heavy), file=sys.stderr)")
+    rows = []
+    for name, argv in CLI_COMMANDS.items():
+        times, heavy = [], ""
+        for _ in range(1 if args.quick else args.cli_repeats):
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=root)
+            times.append(time.perf_counter() - started)
+            heavy = proc.stderr.rsplit("HEAVY=", 1)[-1].strip()
+        rows.append({"command": f"imbench {' '.join(argv)}", "what": name, "wall_s": round(sorted(times)[len(times) // 2], 2),
+                     "imports": heavy or "none of torch, torchvision, timm, sklearn"})
+        print(f"cli {rows[-1]}", file=sys.stderr)
+    return {"rows": rows}
+
+
+PARTS = {"cli": part_cli, "step": part_step, "accuracy": part_accuracy, "full": part_full, "resnet32": part_resnet32, "resnet50": part_resnet50, "pack": part_pack}
 
 
 def main() -> None:
@@ -558,6 +592,7 @@ def main() -> None:
                         help="seeds of the accuracy part")
     parser.add_argument("--mnist-root", default=os.environ.get("IMBENCH_DATA_ROOT", "data"),
                         help="folder with the MNIST idx files (accuracy part)")
+    parser.add_argument("--cli-repeats", type=int, default=5, help="fresh processes per command of the cli part")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing useful")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
@@ -576,7 +611,10 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    print(table(result))
+    if "cli" in result:
+        print(cli_table(result))
+    if set(result) & (set(PARTS) - {"cli"}):
+        print(table(result))
 
 
 if __name__ == "__main__":

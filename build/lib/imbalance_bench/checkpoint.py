@@ -1,0 +1,179 @@
+"""Checkpoints: what one holds, where a run finds its own, and resuming from one exactly.
+
+A checkpoint holds everything the rest of a run depends on: the model, optimiser, scheduler,
+gradient scaler and loss state, every random-number generator (Python, NumPy, torch on the CPU
+and CUDA, and the run's own shuffle and augmentation generators), the epoch records so far and
+the config. A run restored from the checkpoint of epoch k therefore continues exactly as the
+uninterrupted run continued after epoch k (on the CPU; on CUDA up to cuDNN's non-determinism).
+Randomness inside DataLoader workers (COCO's crops) needs no state: each batch is read under a seed
+derived from the run's seed, the epoch and the batch's number (data/images.py, `make_loader`).
+
+A checkpoint holds tensors and plain values only (NumPy's RNG keys are stored as a tensor), so it
+is read with torch's weights-only loader: a crafted file cannot run code when a run resumes from it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imbalance_bench.errors import ConfigError, DataError
+from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
+
+#: keys that may differ between the run that wrote a checkpoint and the one resuming from it (a run
+#: may continue on another GPU: a sweep's job N goes to GPU N mod the number of GPUs)
+RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers", "trainer.device")
+#: keys added to the config after runs were written, with the value those runs had: a saved config
+#: without the key is compared as if it held this value
+ADDED_KEYS = {"trainer.dtype": "float32"}
+
+
+@dataclass
+class Generators:
+    """The run's own random streams: the order of the train batches (on the host) and the
+    crops and flips (on the training device)."""
+
+    shuffle: torch.Generator
+    augment: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> "Generators":
+        return cls(torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed))
+
+
+def rng_state(generators: Generators) -> dict[str, Any]:
+    device = generators.augment.device  # the training device
+    return {
+        "python": random.getstate(),
+        "numpy": numpy_rng_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        # the training GPU's own stream: in a DDP run each process restores it into its own GPU
+        "cuda_device": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "shuffle": generators.shuffle.get_state(),
+        "augment": generators.augment.get_state(),
+    }
+
+
+def numpy_rng_state() -> tuple:
+    """NumPy's global RNG state with its key array as a tensor, which the weights-only loader reads."""
+    name, keys, *rest = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    """Restore `numpy_rng_state()`, or the plain `np.random.get_state()` of an older checkpoint."""
+    name, keys, *rest = state
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((name, keys, *rest))
+
+
+def set_rng_state(state: dict[str, Any], generators: Generators) -> None:
+    random.setstate(state["python"])
+    set_numpy_rng_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda_device") is not None and generators.augment.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], generators.augment.device)
+    generators.shuffle.set_state(state["shuffle"])
+    generators.augment.set_state(state["augment"])
+
+
+def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `trainer.resume=auto` takes the run directory's own
+    `checkpoints/last.pt` when there is one, a path takes that file, false starts over."""
+    choice = cfg.trainer.resume
+    if choice is False:
+        return None
+    if choice == "auto":
+        path = Path(run_dir) / "checkpoints" / "last.pt"
+        return path if path.is_file() else None
+    path = Path(str(choice)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={choice} is not allowed: file not found (use auto, false or a checkpoint path)")
+    return path
+
+
+#: what the weights-only loader must also admit for a checkpoint written before NumPy's RNG keys
+#: were stored as a tensor: NumPy's array globals (under NumPy 1's and NumPy 2's names) and the
+#: uint32 dtype's class, whose state the unpickler sets, for the np.random.get_state() array in it
+OLD_LAYOUT_GLOBALS = [*((obj, name) for name, obj in NUMPY_ARRAY_GLOBALS.items()), type(np.dtype(np.uint32))]
+
+
+def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
+    """Read a checkpoint with torch's weights-only loader, which builds tensors and plain values
+    only (never calls what a crafted file names), and check that this run's config wrote it."""
+    try:
+        with torch.serialization.safe_globals(OLD_LAYOUT_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # the weights-only loader met something it does not build
+        raise DataError(f"{path}: refused: it holds objects other than tensors and plain values"
+                        f"{refused_globals(path)}, and loading those could run code; "
+                        "delete it or set trainer.resume=false") from None
+    except Exception as exc:  # truncated or not a checkpoint at all
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it or set trainer.resume=false") from None
+    if not isinstance(checkpoint, dict) or "rng" not in checkpoint or "history" not in checkpoint:
+        raise DataError(f"{path}: not an imbench checkpoint that can be resumed; delete it or set trainer.resume=false")
+    differing = config_differences(checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
+    if differing:
+        raise ConfigError(
+            f"trainer.resume: {path} was written by another config (differs in {shown_keys(differing)}); "
+            "use another run directory or trainer.resume=false"
+        )
+    return checkpoint
+
+
+def refused_globals(path: Path) -> str:
+    """` (name, ...)`: the functions and classes in the checkpoint at `path` that loading it would
+    call, as far as they can be listed; empty when they cannot."""
+    try:
+        with torch.serialization.safe_globals(OLD_LAYOUT_GLOBALS):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return ""
+    return f" ({shown_keys(names)})" if names else ""
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ, leaving out those in RESUME_MAY_DIFFER."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    for key, value in ADDED_KEYS.items():
+        if key not in flat_saved and key in flat_current:
+            flat_saved[key] = value
+    keys = sorted(set(flat_saved) | set(flat_current))
+    return [k for k in keys if k not in RESUME_MAY_DIFFER and flat_saved.get(k) != flat_current.get(k)]
+
+
+def shown_keys(keys: list[str], limit: int = 5) -> str:
+    """The first `limit` keys, comma-separated, and how many more there are."""
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@dataclass
+class EpochPosition:
+    """Where an epoch stopped early (SIGTERM / SIGINT): enough to continue it exactly."""
+
+    epoch: int  # 0-based epoch in progress
+    batches_done: int
+    shuffle_state: torch.Tensor  # the shuffle generator at the epoch's start: it redraws the same order
+    loss_total: float  # the epoch's running loss sum and count so far
+    loss_seen: int
