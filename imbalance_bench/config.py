@@ -1,16 +1,18 @@
-"""Typed schemas for every config group, and the range checks run once at start-up.
+"""Typed schemas for every config group, each field with its range rule beside it, and the checks
+run once at start-up (cli.preflight).
 
-The dataclasses carry types only (every field is MISSING): the values live in `conf/*.yaml`,
-which is the single source of truth. Each YAML option pulls its schema in through
-`defaults: [/schema/<group>/<name>@_here_]`, so a wrong type or unknown key fails at
-composition with the key named.
+The dataclasses carry types and rules, no values (every field is MISSING): the values live in
+`conf/*.yaml`, which is the single source of truth. Each YAML option pulls its schema in through
+`defaults: [/schema/<group>/<name>@_here_]`, so a wrong type or unknown key fails at composition
+with the key named. A field's range rule is its metadata (`rule(...)`); a check that spans several
+keys of one group is the schema's `cross_check`. `validate` walks the composed config's schemas.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -21,254 +23,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from imbalance_bench.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config groups, beside the package
-
-# ---------------------------------------------------------------- dataset
-
-
-@dataclass
-class AugmentSchema:
-    crop_padding: int = MISSING
-    hflip: bool = MISSING
-
-
-@dataclass
-class LongTailImagesSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-    root: str = MISSING
-    download: bool = MISSING
-    imbalance_factor: float = MISSING
-    imbalance_type: str = MISSING
-    seed: int = MISSING
-    limit_train: Optional[int] = MISSING
-    limit_test: Optional[int] = MISSING
-    augment: AugmentSchema = field(default_factory=AugmentSchema)
-    mean: List[float] = MISSING
-    std: List[float] = MISSING
-
-
-@dataclass
-class MultiMnistSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-    root: str = MISSING
-    download: bool = MISSING
-    canvas_size: int = MISSING
-    min_digits: int = MISSING
-    max_digits: int = MISSING
-    num_train: int = MISSING
-    num_test: int = MISSING
-    imbalance_factor: float = MISSING
-    overlap: bool = MISSING
-    seed: int = MISSING
-    augment: AugmentSchema = field(default_factory=AugmentSchema)
-    mean: List[float] = MISSING
-    std: List[float] = MISSING
-
-
-@dataclass
-class ResizedCropAugmentSchema:
-    scale: List[float] = MISSING
-    hflip: bool = MISSING
-
-
-@dataclass
-class CocoSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-    root: str = MISSING
-    download: bool = MISSING
-    image_size: int = MISSING
-    imbalance_factor: Optional[float] = MISSING
-    head_count: Optional[int] = MISSING
-    seed: int = MISSING
-    limit_train: Optional[int] = MISSING
-    limit_test: Optional[int] = MISSING
-    bad_images: str = MISSING
-    augment: ResizedCropAugmentSchema = field(default_factory=ResizedCropAugmentSchema)
-    mean: List[float] = MISSING
-    std: List[float] = MISSING
-
-
-# ---------------------------------------------------------------- model
-
-
-@dataclass
-class ModelSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-    pretrained: bool = MISSING
-    max_image_size: Optional[int] = MISSING
-
-
-# ---------------------------------------------------------------- loss and re-weighting
-
-
-@dataclass
-class PlainLossSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-
-
-@dataclass
-class FocalLossSchema(PlainLossSchema):
-    gamma: float = MISSING
-    softmax: bool = MISSING
-
-
-@dataclass
-class DualFocalLossSchema(PlainLossSchema):
-    alpha: float = MISSING
-    beta: float = MISSING
-    gamma: float = MISSING
-    rho: float = MISSING
-    learnable: bool = MISSING
-    gamma_min: float = MISSING
-    gamma_max: float = MISSING
-
-
-@dataclass
-class LdamLossSchema(PlainLossSchema):
-    max_margin: float = MISSING
-    scale: float = MISSING
-    normalized_classifier: bool = MISSING
-
-
-@dataclass
-class AsymmetricLossSchema(PlainLossSchema):
-    gamma_pos: float = MISSING
-    gamma_neg: float = MISSING
-    clip: float = MISSING
-
-
-@dataclass
-class PartialLabelMaskingSchema(PlainLossSchema):
-    base: str = MISSING
-    bins: int = MISSING
-    lr: float = MISSING
-    _recursive_: bool = MISSING
-    # the base losses' own options, composed from conf/loss/{bce,focal,dfl}.yaml
-    bce: PlainLossSchema = field(default_factory=PlainLossSchema)
-    focal: FocalLossSchema = field(default_factory=FocalLossSchema)
-    dfl: DualFocalLossSchema = field(default_factory=DualFocalLossSchema)
-
-
-@dataclass
-class ReweightSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-    start_epoch: int = MISSING
-
-
-@dataclass
-class ClassBalancedSchema(ReweightSchema):
-    beta: float = MISSING
-
-
-# ---------------------------------------------------------------- optimisation
-
-
-@dataclass
-class SGDSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    lr: float = MISSING
-    momentum: float = MISSING
-    weight_decay: float = MISSING
-    nesterov: bool = MISSING
-
-
-@dataclass
-class AdamWSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    lr: float = MISSING
-    weight_decay: float = MISSING
-    betas: List[float] = MISSING
-
-
-@dataclass
-class WarmupMultiStepSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    warmup_epochs: int = MISSING
-    milestones: List[int] = MISSING
-    gamma: float = MISSING
-
-
-@dataclass
-class WarmupCosineSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    warmup_epochs: int = MISSING
-    min_lr_factor: float = MISSING
-
-
-@dataclass
-class TrainerSchema:
-    device: str = MISSING
-    epochs: int = MISSING
-    max_steps: Optional[int] = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    num_workers: int = MISSING
-    eval_every: int = MISSING
-    monitor: str = MISSING
-    progress_bar: bool = MISSING
-    resume: Any = MISSING  # auto | false | a checkpoint path
-    # speed switches: auto | true | false (Any, so that true/false stay booleans)
-    amp: Any = MISSING
-    amp_dtype: str = MISSING
-    data_on_device: Any = MISSING
-    decode_on_device: Any = MISSING
-    channels_last: Any = MISSING
-    fused_optimizer: Any = MISSING
-    cuda_graphs: Any = MISSING
-    cudnn_benchmark: Any = MISSING
-    compile: Any = MISSING
-    sync_every: Any = MISSING
-    deterministic: bool = MISSING
-    dtype: str = MISSING
-
-
-def register_schemas() -> None:
-    """Register every schema under `schema/<group>/<name>` (idempotent)."""
-    cs = ConfigStore.instance()
-    for group, name, node in [
-        ("dataset", "long_tail_images", LongTailImagesSchema),
-        ("dataset", "multimnist", MultiMnistSchema),
-        ("dataset", "coco", CocoSchema),
-        ("model", "model", ModelSchema),
-        ("loss", "plain", PlainLossSchema),
-        ("loss", "focal", FocalLossSchema),
-        ("loss", "dfl", DualFocalLossSchema),
-        ("loss", "plm", PartialLabelMaskingSchema),
-        ("loss", "ldam", LdamLossSchema),
-        ("loss", "asl", AsymmetricLossSchema),
-        ("reweight", "plain", ReweightSchema),
-        ("reweight", "class_balanced", ClassBalancedSchema),
-        ("optimizer", "sgd", SGDSchema),
-        ("optimizer", "adamw", AdamWSchema),
-        ("scheduler", "warmup_multistep", WarmupMultiStepSchema),
-        ("scheduler", "warmup_cosine", WarmupCosineSchema),
-        ("trainer", "trainer", TrainerSchema),
-    ]:
-        cs.store(group=f"schema/{group}", name=name, node=node)
-
-
-register_schemas()
-
-# ---------------------------------------------------------------- range checks
-
 CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "experiment")
 
-
-@dataclass(frozen=True)
-class Rule:
-    key: str
-    ok: Callable[[Any], bool]
-    allowed: str
-
+# ---------------------------------------------------------------- rules
 
 #: The ceilings every number is held to, because of where it ends up. Integers: int64 (numpy
 #: counts, TensorBoard steps); seeds: numpy.random.seed's [0, 2^32). Floats: float32, the dtype of
@@ -291,13 +48,23 @@ MAX_IMAGE_SIZE = 2048
 #: MultiMNIST-LT's canvases, train and test, held in memory as uint8
 MAX_CANVAS_BYTES = 16 * 2**30
 
+SINGLE_LABEL_METRICS = ("top1", "top5", "mean_f2", "macro_f2")
+MULTI_LABEL_METRICS = ("map", "mean_f2", "macro_f1", "macro_f2", "precision_at_1", "precision_at_5")
+MONITOR_CHOICES = ("auto",) + SINGLE_LABEL_METRICS + tuple(m for m in MULTI_LABEL_METRICS if m not in SINGLE_LABEL_METRICS)
+#: the trainer's speed switches, each auto | true | false (imbalance_bench/step.py resolves them)
+SWITCH_KEYS = (
+    "amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark",
+    "compile",
+)
 
-def _is_int(v: Any) -> bool:
+
+def is_int(v: Any) -> bool:
+    """An integer value, not a bool (which Python counts as one)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _int(v: Any, low: int, high: int = INT64_MAX) -> bool:
-    return _is_int(v) and low <= v <= high
+    return is_int(v) and low <= v <= high
 
 
 def _num(v: Any) -> bool:
@@ -309,226 +76,296 @@ def _f32(v: Any) -> bool:
     return _num(v) and abs(v) <= FLOAT32_MAX
 
 
-def _optional_positive_int(v: Any) -> bool:
-    return v is None or _int(v, 1)
+@dataclass(frozen=True)
+class Rule:
+    """A key's allowed values: `ok(value)`, and how the error line says what is allowed."""
+
+    key: str
+    ok: Callable[[Any], bool]
+    allowed: str
 
 
-SINGLE_LABEL_METRICS = ("top1", "top5", "mean_f2", "macro_f2")
-MULTI_LABEL_METRICS = ("map", "mean_f2", "macro_f1", "macro_f2", "precision_at_1", "precision_at_5")
-MONITOR_CHOICES = ("auto",) + SINGLE_LABEL_METRICS + tuple(m for m in MULTI_LABEL_METRICS if m not in SINGLE_LABEL_METRICS)
+RULE = "rule"  # the field metadata key
 
 
-#: the trainer's speed switches, each auto | true | false (imbalance_bench/step.py resolves them)
-SWITCH_KEYS = (
-    "amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark",
-    "compile",
-)
+def rule(ok: Callable[[Any], bool], allowed: str) -> Any:
+    """A schema field (MISSING: conf/ holds its value) with its range rule."""
+    return field(default=MISSING, metadata={RULE: (ok, allowed)})
 
 
-def _dfl_rules(prefix: str) -> tuple[Rule, ...]:
-    return (
-        Rule(f"{prefix}.alpha", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-        Rule(f"{prefix}.beta", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-        Rule(f"{prefix}.rho", lambda v: _f32(v) and v >= 1, f"a number >= 1 and <= {F32}"),
-        Rule(f"{prefix}.gamma_min", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-        Rule(f"{prefix}.gamma_max", lambda v: _f32(v) and v > 0, f"a number > 0 and <= {F32}"),
-    )
+def integer(low: int = 0, high: int = INT64_MAX, high_text: str = I64, optional: bool = False, why: str = "") -> Any:
+    """An integer in [low, high] (`why` explains the bounds); `optional`: null too."""
+    text = f"an integer >= {low}{why} and <= {high_text}"
+    if optional:
+        return rule(lambda v: v is None or _int(v, low, high), f"null or {text}")
+    return rule(lambda v: _int(v, low, high), text)
 
 
-RULES: tuple[Rule, ...] = (
-    Rule("seed", lambda v: _int(v, 0, SEED_MAX), "an integer >= 0 and <= 2^32 - 1 (numpy's seed range)"),
-    Rule("dataset.imbalance_factor", lambda v: v is None or (_f32(v) and v >= 1),
-         f"a number >= 1 (1 = balanced) and <= {F32}"),
-    Rule("dataset.imbalance_type", lambda v: v in ("exp", "step"), "one of: exp, step"),
-    Rule("dataset.seed", lambda v: _int(v, 0, SEED_MAX), "an integer >= 0 and <= 2^32 - 1 (numpy's seed range)"),
-    Rule("dataset.limit_train", _optional_positive_int, f"null or an integer >= 1 and <= {I64}"),
-    Rule("dataset.limit_test", _optional_positive_int, f"null or an integer >= 1 and <= {I64}"),
-    # the head class's count goes through the profile's float maths, exact up to 2^53
-    Rule("dataset.head_count", lambda v: v is None or _int(v, 1, 2**53), "null or an integer >= 1 and <= 2^53"),
+def number(low: float = 0, strict: bool = False) -> Any:
+    """A number >= low (> low when `strict`), finite in float32."""
+    if strict:
+        return rule(lambda v: _f32(v) and v > low, f"a number > {low} and <= {F32}")
+    return rule(lambda v: _f32(v) and v >= low, f"a number >= {low} and <= {F32}")
+
+
+def fraction(high_open: bool = True) -> Any:
+    """A number in [0, 1) (or [0, 1])."""
+    if high_open:
+        return rule(lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
+    return rule(lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]")
+
+
+def one_of(*choices: Any) -> Any:
+    return rule(lambda v: v in choices, "one of: " + ", ".join(map(str, choices)))
+
+
+def seed() -> Any:
+    return rule(lambda v: _int(v, 0, SEED_MAX), "an integer >= 0 and <= 2^32 - 1 (numpy's seed range)")
+
+
+def switch() -> Any:
+    """A speed switch: auto, true or false (Any in the schema, so that true/false stay booleans)."""
+    return rule(lambda v: v == "auto" or isinstance(v, bool), "one of: auto, true, false")
+
+
+def _digits() -> Any:
+    return rule(lambda v: is_int(v) and 1 <= v <= 10, "an integer in 1..10")
+
+
+# ---------------------------------------------------------------- dataset
+
+
+@dataclass
+class AugmentSchema:
     # and no larger than the dataset's image side (check_crop_padding)
-    Rule("dataset.augment.crop_padding", lambda v: _int(v, 0), f"an integer >= 0 and <= {I64}"),
-    Rule(
-        "dataset.augment.scale",
-        lambda v: len(v) == 2 and all(_num(x) for x in v) and 0 < v[0] <= v[1] <= 1,
-        "two numbers lo, hi with 0 < lo <= hi <= 1",
-    ),
-    # and, with dataset.std, normalised pixels finite in float32 (_check_normalisation)
-    Rule("dataset.mean", lambda v: len(v) > 0 and all(_f32(m) for m in v),
-         f"a list of finite numbers, each of size <= {F32}"),
-    # a divisor: positive as a float32 (a normal one: those below lose precision, then round to 0)
-    Rule("dataset.std", lambda v: len(v) > 0 and all(_f32(s) and s >= FLOAT32_TINY for s in v),
-         f"a list of numbers > 0, each >= 1.2e-38 (the smallest normal float32) and <= {F32}"),
-    Rule("dataset.canvas_size", lambda v: _int(v, 28, MAX_CANVAS),
-         f"an integer >= 28 (MNIST digits are 28x28) and <= {MAX_CANVAS}"),
-    Rule("dataset.min_digits", lambda v: _is_int(v) and 1 <= v <= 10, "an integer in 1..10"),
-    Rule("dataset.max_digits", lambda v: _is_int(v) and 1 <= v <= 10, "an integer in 1..10"),
-    # and, with dataset.canvas_size, at most MAX_CANVAS_BYTES of canvases (_check_canvas_memory)
-    Rule("dataset.num_train", lambda v: _int(v, 1), f"an integer >= 1 and <= {I64}"),
-    Rule("dataset.num_test", lambda v: _int(v, 1), f"an integer >= 1 and <= {I64}"),
-    Rule("dataset.image_size", lambda v: _int(v, 16, MAX_IMAGE_SIZE), f"an integer >= 16 and <= {MAX_IMAGE_SIZE}"),
-    Rule("model.max_image_size", _optional_positive_int, f"null or an integer >= 1 and <= {I64}"),
-    Rule("dataset.bad_images", lambda v: v in ("error", "skip"), "one of: error, skip"),
-    Rule("loss.gamma", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    *_dfl_rules("loss"),
-    Rule("loss.base", lambda v: v in ("bce", "focal", "dfl"), "one of: bce, focal, dfl"),
-    Rule("loss.bins", lambda v: _int(v, 2, MAX_BINS), f"an integer >= 2 and <= {MAX_BINS}"),
-    Rule("loss.lr", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    Rule("loss.focal.gamma", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    Rule("loss.focal.softmax", lambda v: v is False, "false (PLM masks one-vs-all sigmoid terms)"),
-    Rule("loss.dfl.gamma", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    *_dfl_rules("loss.dfl"),
-    Rule("loss.max_margin", lambda v: _f32(v) and v > 0, f"a number > 0 and <= {F32}"),
-    Rule("loss.scale", lambda v: _f32(v) and v > 0, f"a number > 0 and <= {F32}"),
-    Rule("loss.gamma_pos", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    Rule("loss.gamma_neg", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    Rule("loss.clip", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    Rule("reweight.beta", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    Rule("reweight.start_epoch", lambda v: _int(v, 0), f"an integer >= 0 and <= {I64}"),
-    # and the step size it leads to finite in float32 (_check_step_size)
-    Rule("optimizer.lr", lambda v: _f32(v) and v > 0, f"a number > 0 and <= {F32}"),
-    Rule("optimizer.momentum", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    Rule("optimizer.betas", lambda v: len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-    Rule("optimizer.weight_decay", lambda v: _f32(v) and v >= 0, f"a number >= 0 and <= {F32}"),
-    Rule("scheduler.warmup_epochs", lambda v: _int(v, 0), f"an integer >= 0 and <= {I64}"),
-    Rule("scheduler.gamma", lambda v: _f32(v) and v > 0, f"a number > 0 and <= {F32}"),
-    Rule(
-        "scheduler.milestones",
-        lambda v: all(_int(m, 0) for m in v) and list(v) == sorted(v),
-        f"a non-decreasing list of integers >= 0 and <= {I64}",
-    ),
-    Rule("scheduler.min_lr_factor", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    Rule("trainer.device", lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(v)) is not None, "one of: auto, cpu, cuda, cuda:N"),
-    Rule("trainer.epochs", lambda v: _int(v, 1), f"an integer >= 1 and <= {I64}"),
-    Rule("trainer.max_steps", _optional_positive_int, f"null or an integer >= 1 and <= {I64}"),
-    Rule("trainer.batch_size", lambda v: _int(v, 1, MAX_BATCH), f"an integer >= 1 and <= {MAX_BATCH}"),
-    Rule("trainer.eval_batch_size", lambda v: _int(v, 1, MAX_BATCH), f"an integer >= 1 and <= {MAX_BATCH}"),
-    *(
-        Rule(f"trainer.{key}", lambda v: v == "auto" or isinstance(v, bool), "one of: auto, true, false")
-        for key in SWITCH_KEYS
-    ),
-    Rule("trainer.resume", lambda v: v == "auto" or v is False or (isinstance(v, str) and v != ""),
-         "auto, false or the path of a checkpoint"),
-    Rule("trainer.sync_every", lambda v: v == "auto" or _int(v, 1), f"auto or an integer >= 1 and <= {I64}"),
-    Rule("trainer.amp_dtype", lambda v: v in ("bfloat16", "float16"), "one of: bfloat16, float16"),
-    Rule("trainer.dtype", lambda v: v in ("float32", "float64"), "one of: float32, float64"),
-    Rule("trainer.num_workers", lambda v: _int(v, 0, MAX_WORKERS), f"an integer >= 0 and <= {MAX_WORKERS}"),
-    Rule("trainer.eval_every", lambda v: _int(v, 1), f"an integer >= 1 and <= {I64}"),
-    Rule("trainer.monitor", lambda v: v in MONITOR_CHOICES, "one of: " + ", ".join(MONITOR_CHOICES)),
-    Rule("metrics.many_shot_above", lambda v: _int(v, 0), f"an integer >= 0 and <= {I64}"),
-    Rule("metrics.few_shot_below", lambda v: _int(v, 0), f"an integer >= 0 and <= {I64}"),
-    Rule("metrics.threshold", lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
-)
+    crop_padding: int = integer(0)
+    hflip: bool = MISSING
 
 
-def _lookup(cfg: DictConfig | dict, key: str) -> tuple[bool, Any]:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, (dict, DictConfig)) or part not in node:
-            return False, None
-        node = node[part]
-    if isinstance(node, (DictConfig,)):
-        return True, node
-    return True, OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
-
-
-def _plain(cfg: DictConfig) -> dict:
-    """The config outside `hydra` as resolved Python containers: one conversion, then lookups are cheap."""
-    return {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-            for key, node in cfg.items() if key != "hydra"}
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check every numeric and enumerated key against its allowed range; raise ConfigError on the first bad one."""
-    values = _plain(cfg)
-    for rule in RULES:
-        present, value = _lookup(values, rule.key)
-        if not present:
-            continue
-        try:
-            good = rule.ok(value)
-        except TypeError:
-            good = False
-        if not good:
-            raise ConfigError(f"{rule.key}={_show(value)} is not allowed: must be {rule.allowed}")
-    _, nesterov = _lookup(values, "optimizer.nesterov")
-    _, momentum = _lookup(values, "optimizer.momentum")
-    if nesterov and not momentum:
-        raise ConfigError("optimizer.nesterov=true is not allowed with optimizer.momentum=0: Nesterov needs momentum > 0")
-    for prefix in ("loss", "loss.dfl"):
-        _check_gamma_range(values, prefix)
-    present, head_count = _lookup(values, "dataset.head_count")
-    if present and head_count is not None and _lookup(values, "dataset.imbalance_factor")[1] is None:
-        raise ConfigError(
-            f"dataset.head_count={head_count} is not allowed with dataset.imbalance_factor=null: "
-            "it sizes the head of the long-tailed subset; set dataset.imbalance_factor too"
-        )
-    present, low = _lookup(values, "dataset.min_digits")
-    _, high = _lookup(values, "dataset.max_digits")
-    if present and high < low:
-        raise ConfigError(f"dataset.max_digits={high} is not allowed: must be >= dataset.min_digits ({low})")
-    _check_normalisation(values)
-    _check_canvas_memory(values)
-    _check_step_size(values)
-    present, few = _lookup(values, "metrics.few_shot_below")
-    _, many = _lookup(values, "metrics.many_shot_above")
-    if present and many is not None and few > many + 1:
-        raise ConfigError(
-            f"metrics.few_shot_below={few} is not allowed: must be <= metrics.many_shot_above + 1 ({many + 1})"
-        )
-
-
-def _check_gamma_range(values: dict, prefix: str) -> None:
-    present, low = _lookup(values, f"{prefix}.gamma_min")
-    if not present:
-        return
-    _, high = _lookup(values, f"{prefix}.gamma_max")
-    _, gamma = _lookup(values, f"{prefix}.gamma")
-    _, learnable = _lookup(values, f"{prefix}.learnable")
-    if learnable and high <= low:
-        raise ConfigError(f"{prefix}.gamma_max={high} is not allowed: must be > {prefix}.gamma_min ({low})")
-    if not low <= gamma <= high:
-        raise ConfigError(f"{prefix}.gamma={gamma} is not allowed: must lie in [{prefix}.gamma_min, {prefix}.gamma_max] = [{low}, {high}]")
-
-
-def _check_normalisation(values: dict) -> None:
+def check_normalisation(node: dict) -> None:
     """The model sees (x - mean) / std per channel, pixels x in [0, 1], in float32: finite for every x."""
-    present, mean = _lookup(values, "dataset.mean")
-    _, std = _lookup(values, "dataset.std")
-    if present and std is not None and any(max(abs(m), abs(1 - m)) / s > FLOAT32_MAX for m, s in zip(mean, std)):
+    mean, std = node.get("mean"), node.get("std")
+    if mean is not None and std is not None and any(max(abs(m), abs(1 - m)) / s > FLOAT32_MAX
+                                                    for m, s in zip(mean, std)):
         raise ConfigError(
             f"dataset.mean={_show(mean)} and dataset.std={_show(std)} are not allowed together: the normalised "
             f"pixels (x - mean) / std, x in [0, 1], must stay finite in float32 (within about +-3.4e38)"
         )
 
 
-def _check_canvas_memory(values: dict) -> None:
-    """MultiMNIST-LT generates its canvases and holds them in memory: at most MAX_CANVAS_BYTES."""
-    present, size = _lookup(values, "dataset.canvas_size")
-    if not present:
-        return
-    counts = {key: _lookup(values, f"dataset.{key}")[1] for key in ("num_train", "num_test")}
-    needed = sum(counts.values()) * size * size
-    if needed > MAX_CANVAS_BYTES:
-        key = max(counts, key=counts.get)
-        other = "num_test" if key == "num_train" else "num_train"
-        raise ConfigError(
-            f"dataset.{key}={counts[key]} is not allowed with dataset.{other}={counts[other]} and "
-            f"dataset.canvas_size={size}: the canvases, (num_train + num_test) x canvas_size^2 bytes = "
-            f"{needed / 2**30:.3g} GiB, must fit in {MAX_CANVAS_BYTES // 2**30} GiB"
-        )
+# and, with dataset.std, normalised pixels finite in float32 (check_normalisation)
+def _mean() -> Any:
+    return rule(lambda v: len(v) > 0 and all(_f32(m) for m in v), f"a list of finite numbers, each of size <= {F32}")
 
 
-def _check_step_size(values: dict) -> None:
+# a divisor: positive as a float32 (a normal one: those below lose precision, then round to 0)
+def _std() -> Any:
+    return rule(lambda v: len(v) > 0 and all(_f32(s) and s >= FLOAT32_TINY for s in v),
+                f"a list of numbers > 0, each >= 1.2e-38 (the smallest normal float32) and <= {F32}")
+
+
+def _imbalance_factor() -> Any:
+    return rule(lambda v: v is None or (_f32(v) and v >= 1), f"a number >= 1 (1 = balanced) and <= {F32}")
+
+
+def _limit() -> Any:
+    return integer(1, optional=True)
+
+
+@dataclass
+class LongTailImagesSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    imbalance_factor: float = _imbalance_factor()
+    imbalance_type: str = one_of("exp", "step")
+    seed: int = seed()
+    limit_train: Optional[int] = _limit()
+    limit_test: Optional[int] = _limit()
+    augment: AugmentSchema = field(default_factory=AugmentSchema)
+    mean: List[float] = _mean()
+    std: List[float] = _std()
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        check_normalisation(node)
+
+
+@dataclass
+class MultiMnistSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    canvas_size: int = integer(28, MAX_CANVAS, str(MAX_CANVAS), why=" (MNIST digits are 28x28)")
+    min_digits: int = _digits()
+    max_digits: int = _digits()
+    # and, with dataset.canvas_size, at most MAX_CANVAS_BYTES of canvases (cross_check)
+    num_train: int = integer(1)
+    num_test: int = integer(1)
+    imbalance_factor: float = _imbalance_factor()
+    overlap: bool = MISSING
+    seed: int = seed()
+    augment: AugmentSchema = field(default_factory=AugmentSchema)
+    mean: List[float] = _mean()
+    std: List[float] = _std()
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        low, high = node["min_digits"], node["max_digits"]
+        if high < low:
+            raise ConfigError(f"dataset.max_digits={high} is not allowed: must be >= dataset.min_digits ({low})")
+        # MultiMNIST-LT generates its canvases and holds them in memory: at most MAX_CANVAS_BYTES
+        size = node["canvas_size"]
+        counts = {key: node[key] for key in ("num_train", "num_test")}
+        needed = sum(counts.values()) * size * size
+        if needed > MAX_CANVAS_BYTES:
+            key = max(counts, key=counts.get)
+            other = "num_test" if key == "num_train" else "num_train"
+            raise ConfigError(
+                f"dataset.{key}={counts[key]} is not allowed with dataset.{other}={counts[other]} and "
+                f"dataset.canvas_size={size}: the canvases, (num_train + num_test) x canvas_size^2 bytes = "
+                f"{needed / 2**30:.3g} GiB, must fit in {MAX_CANVAS_BYTES // 2**30} GiB"
+            )
+        check_normalisation(node)
+
+
+@dataclass
+class ResizedCropAugmentSchema:
+    scale: List[float] = rule(lambda v: len(v) == 2 and all(_num(x) for x in v) and 0 < v[0] <= v[1] <= 1,
+                              "two numbers lo, hi with 0 < lo <= hi <= 1")
+    hflip: bool = MISSING
+
+
+@dataclass
+class CocoSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    image_size: int = integer(16, MAX_IMAGE_SIZE, str(MAX_IMAGE_SIZE))
+    imbalance_factor: Optional[float] = _imbalance_factor()
+    # the head class's count goes through the profile's float maths, exact up to 2^53
+    head_count: Optional[int] = integer(1, 2**53, "2^53", optional=True)
+    seed: int = seed()
+    limit_train: Optional[int] = _limit()
+    limit_test: Optional[int] = _limit()
+    bad_images: str = one_of("error", "skip")
+    augment: ResizedCropAugmentSchema = field(default_factory=ResizedCropAugmentSchema)
+    mean: List[float] = _mean()
+    std: List[float] = _std()
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        if node["head_count"] is not None and node["imbalance_factor"] is None:
+            raise ConfigError(
+                f"dataset.head_count={node['head_count']} is not allowed with dataset.imbalance_factor=null: "
+                "it sizes the head of the long-tailed subset; set dataset.imbalance_factor too"
+            )
+        check_normalisation(node)
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class ModelSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    pretrained: bool = MISSING
+    max_image_size: Optional[int] = integer(1, optional=True)
+
+
+# ---------------------------------------------------------------- loss and re-weighting
+
+
+@dataclass
+class PlainLossSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class FocalLossSchema(PlainLossSchema):
+    gamma: float = number(0)
+    softmax: bool = MISSING
+
+
+@dataclass
+class DualFocalLossSchema(PlainLossSchema):
+    alpha: float = number(0)
+    beta: float = number(0)
+    gamma: float = number(0)
+    rho: float = number(1)
+    learnable: bool = MISSING
+    gamma_min: float = number(0)
+    gamma_max: float = number(0, strict=True)
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        low, high, gamma = node["gamma_min"], node["gamma_max"], node["gamma"]
+        if node["learnable"] and high <= low:
+            raise ConfigError(f"{prefix}.gamma_max={high} is not allowed: must be > {prefix}.gamma_min ({low})")
+        if not low <= gamma <= high:
+            raise ConfigError(f"{prefix}.gamma={gamma} is not allowed: must lie in [{prefix}.gamma_min, "
+                              f"{prefix}.gamma_max] = [{low}, {high}]")
+
+
+@dataclass
+class LdamLossSchema(PlainLossSchema):
+    max_margin: float = number(0, strict=True)
+    scale: float = number(0, strict=True)
+    normalized_classifier: bool = MISSING
+
+
+@dataclass
+class AsymmetricLossSchema(PlainLossSchema):
+    gamma_pos: float = number(0)
+    gamma_neg: float = number(0)
+    clip: float = fraction()
+
+
+@dataclass
+class PartialLabelMaskingSchema(PlainLossSchema):
+    base: str = one_of("bce", "focal", "dfl")
+    bins: int = integer(2, MAX_BINS, str(MAX_BINS))
+    lr: float = number(0)
+    _recursive_: bool = MISSING
+    # the base losses' own options, composed from conf/loss/{bce,focal,dfl}.yaml
+    bce: PlainLossSchema = field(default_factory=PlainLossSchema)
+    focal: FocalLossSchema = field(default_factory=FocalLossSchema)
+    dfl: DualFocalLossSchema = field(default_factory=DualFocalLossSchema)
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        if node["focal"]["softmax"] is not False:
+            raise ConfigError(f"{prefix}.focal.softmax={_show(node['focal']['softmax'])} is not allowed: must be "
+                              "false (PLM masks one-vs-all sigmoid terms)")
+
+
+@dataclass
+class ReweightSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    start_epoch: int = integer(0)
+
+
+@dataclass
+class ClassBalancedSchema(ReweightSchema):
+    beta: float = fraction()
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def check_step_size(node: dict, root: dict) -> None:
     """The optimiser's largest step must be finite in float32, or torch's update kernels raise: that is
     optimizer.lr, times scheduler.gamma^N after the N milestones when gamma > 1, and over 1 - beta1 in
     Adam's first step (its bias correction, Kingma & Ba 2015). The lr multiplier gamma^N is itself a
     float, held to the same bound (a double would overflow past about 1.8e308 with a traceback)."""
-    present, lr = _lookup(values, "optimizer.lr")
-    if not present:
-        return
-    _, gamma = _lookup(values, "scheduler.gamma")
-    _, milestones = _lookup(values, "scheduler.milestones")
-    _, betas = _lookup(values, "optimizer.betas")
+    lr, betas = node["lr"], node.get("betas")
+    gamma, milestones = root["scheduler"].get("gamma"), root["scheduler"].get("milestones")
     growth = len(milestones) * math.log(gamma) if milestones and gamma is not None and gamma > 1 else 0.0
     shrink = math.log1p(-betas[0]) if betas else 0.0
     if math.log(max(lr, 1.0)) + growth - shrink <= math.log(FLOAT32_MAX):
@@ -540,11 +377,238 @@ def _check_step_size(values: dict) -> None:
         size += " / (1 - optimizer.betas[0])"
     key, value = ("scheduler.gamma", gamma) if growth else ("optimizer.lr", lr)
     others = [f"{k}={_show(v)}" for k, v in (("optimizer.lr", lr), ("scheduler.gamma", gamma if growth else None),
-                                               ("optimizer.betas", betas)) if k != key and v is not None]
+                                              ("optimizer.betas", betas)) if k != key and v is not None]
     raise ConfigError(
         f"{key}={_show(value)} is not allowed with {' and '.join(others)}: the largest step size, {size}, "
         f"must be <= {F32}"
     )
+
+
+# and the step size it leads to finite in float32 (check_step_size)
+def _lr() -> Any:
+    return number(0, strict=True)
+
+
+@dataclass
+class SGDSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = _lr()
+    momentum: float = fraction()
+    weight_decay: float = number(0)
+    nesterov: bool = MISSING
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        if node["nesterov"] and not node["momentum"]:
+            raise ConfigError("optimizer.nesterov=true is not allowed with optimizer.momentum=0: Nesterov needs "
+                              "momentum > 0")
+        check_step_size(node, root)
+
+
+@dataclass
+class AdamWSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = _lr()
+    weight_decay: float = number(0)
+    betas: List[float] = rule(lambda v: len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)")
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        check_step_size(node, root)
+
+
+@dataclass
+class SchedulerSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    warmup_epochs: int = integer(0)
+
+
+@dataclass
+class WarmupMultiStepSchema(SchedulerSchema):
+    milestones: List[int] = rule(lambda v: all(_int(m, 0) for m in v) and list(v) == sorted(v),
+                                 f"a non-decreasing list of integers >= 0 and <= {I64}")
+    gamma: float = number(0, strict=True)
+
+
+@dataclass
+class WarmupCosineSchema(SchedulerSchema):
+    min_lr_factor: float = fraction(high_open=False)
+
+
+@dataclass
+class TrainerSchema:
+    device: str = rule(lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(v)) is not None,
+                       "one of: auto, cpu, cuda, cuda:N")
+    epochs: int = integer(1)
+    max_steps: Optional[int] = integer(1, optional=True)
+    batch_size: int = integer(1, MAX_BATCH, str(MAX_BATCH))
+    eval_batch_size: int = integer(1, MAX_BATCH, str(MAX_BATCH))
+    num_workers: int = integer(0, MAX_WORKERS, str(MAX_WORKERS))
+    eval_every: int = integer(1)
+    monitor: str = one_of(*MONITOR_CHOICES)
+    progress_bar: bool = MISSING
+    resume: Any = rule(lambda v: v == "auto" or v is False or (isinstance(v, str) and v != ""),
+                       "auto, false or the path of a checkpoint")  # auto | false | a checkpoint path
+    # speed switches: auto | true | false (Any, so that true/false stay booleans)
+    amp: Any = switch()
+    amp_dtype: str = one_of("bfloat16", "float16")
+    data_on_device: Any = switch()
+    decode_on_device: Any = switch()
+    channels_last: Any = switch()
+    fused_optimizer: Any = switch()
+    cuda_graphs: Any = switch()
+    cudnn_benchmark: Any = switch()
+    compile: Any = switch()
+    sync_every: Any = rule(lambda v: v == "auto" or _int(v, 1), f"auto or an integer >= 1 and <= {I64}")
+    deterministic: bool = MISSING
+    dtype: str = one_of("float32", "float64")
+
+
+# ---------------------------------------------------------------- the keys of config.yaml itself
+
+
+@dataclass
+class MetricsSchema:
+    many_shot_above: int = integer(0)
+    few_shot_below: int = integer(0)
+    threshold: float = rule(lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)")
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        few, many = node["few_shot_below"], node["many_shot_above"]
+        if few > many + 1:
+            raise ConfigError(
+                f"metrics.few_shot_below={few} is not allowed: must be <= metrics.many_shot_above + 1 ({many + 1})"
+            )
+
+
+@dataclass
+class RunSchema:
+    """The keys config.yaml sets itself (validated only: conf/config.yaml is not typed by it)."""
+
+    seed: int = seed()
+    metrics: MetricsSchema = field(default_factory=MetricsSchema)
+
+
+#: every option's schema: conf/<group>/<option>.yaml pulls it in as /schema/<group>/<name>@_here_
+SCHEMAS = [
+    ("dataset", "long_tail_images", LongTailImagesSchema),
+    ("dataset", "multimnist", MultiMnistSchema),
+    ("dataset", "coco", CocoSchema),
+    ("model", "model", ModelSchema),
+    ("loss", "plain", PlainLossSchema),
+    ("loss", "focal", FocalLossSchema),
+    ("loss", "dfl", DualFocalLossSchema),
+    ("loss", "plm", PartialLabelMaskingSchema),
+    ("loss", "ldam", LdamLossSchema),
+    ("loss", "asl", AsymmetricLossSchema),
+    ("reweight", "plain", ReweightSchema),
+    ("reweight", "class_balanced", ClassBalancedSchema),
+    ("optimizer", "sgd", SGDSchema),
+    ("optimizer", "adamw", AdamWSchema),
+    ("scheduler", "warmup_multistep", WarmupMultiStepSchema),
+    ("scheduler", "warmup_cosine", WarmupCosineSchema),
+    ("trainer", "trainer", TrainerSchema),
+]
+
+
+def register_schemas() -> None:
+    """Register every schema under `schema/<group>/<name>` (idempotent)."""
+    cs = ConfigStore.instance()
+    for group, name, node in SCHEMAS:
+        cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+register_schemas()
+
+# ---------------------------------------------------------------- validation
+
+
+def _schema_nodes(cfg: DictConfig, values: dict) -> list[tuple[type, dict, str]]:
+    """(schema, resolved values, dotted prefix) of every schema-typed node of the config, in order:
+    config.yaml's own keys, then each group, each followed by its nested schemas."""
+    found: list[tuple[type, dict, str]] = []
+
+    def visit(schema: type, node: dict, prefix: str) -> None:
+        found.append((schema, node, prefix))
+        for f in fields(schema):
+            if is_dataclass(f.default_factory) and isinstance(node.get(f.name), dict):
+                visit(f.default_factory, node[f.name], f"{prefix}.{f.name}" if prefix else f.name)
+
+    visit(RunSchema, values, "")
+    for group in CONFIG_GROUPS:
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if is_dataclass(schema) and isinstance(values.get(group), dict):
+            visit(schema, values[group], group)
+    return found
+
+
+def rules_of(schema: type, prefix: str) -> list[Rule]:
+    """The range rules of a schema's own fields, keyed by their dotted config keys."""
+    return [Rule(f"{prefix}.{f.name}" if prefix else f.name, *f.metadata[RULE]) for f in fields(schema)
+            if RULE in f.metadata]
+
+
+def _plain(cfg: DictConfig) -> dict:
+    """The config outside `hydra` as resolved Python containers: one conversion, then lookups are cheap."""
+    return {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            for key, node in cfg.items() if key != "hydra"}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every key against its schema field's rule, then each schema's checks across its keys;
+    raise ConfigError on the first bad value."""
+    values = _plain(cfg)
+    nodes = _schema_nodes(cfg, values)
+    for schema, node, prefix in nodes:
+        for item in rules_of(schema, prefix):
+            name = item.key.rpartition(".")[2]
+            if name not in node:
+                continue
+            try:
+                good = item.ok(node[name])
+            except TypeError:
+                good = False
+            if not good:
+                raise ConfigError(f"{item.key}={_show(node[name])} is not allowed: must be {item.allowed}")
+    for schema, node, prefix in nodes:
+        if hasattr(schema, "cross_check"):
+            schema.cross_check(node, values, prefix)
+
+
+def _all_schemas() -> list[tuple[type, str]]:
+    """Every schema with the dotted prefix its keys have in a composed config."""
+    found = []
+
+    def visit(schema: type, prefix: str) -> None:
+        found.append((schema, prefix))
+        for f in fields(schema):
+            if is_dataclass(f.default_factory):
+                visit(f.default_factory, f"{prefix}.{f.name}" if prefix else f.name)
+
+    visit(RunSchema, "")
+    for group, _, schema in SCHEMAS:
+        visit(schema, group)
+    return found
+
+
+#: every range rule, by dotted key (the first schema's, where several schemas share a key)
+RULES: tuple[Rule, ...] = tuple({r.key: r for s, p in reversed(_all_schemas()) for r in rules_of(s, p)}.values())
+
+
+def _lookup(cfg: DictConfig | dict, key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, (dict, DictConfig)) or part not in node:
+            return False, None
+        node = node[part]
+    if isinstance(node, (DictConfig,)):
+        return True, node
+    return True, OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
 
 
 def resolve_monitor(monitor: str, label_kind: str) -> str:
