@@ -260,7 +260,7 @@ register_schemas()
 
 # ---------------------------------------------------------------- range checks
 
-CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "experiment")
+CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "recipe", "experiment")
 
 
 @dataclass(frozen=True)
