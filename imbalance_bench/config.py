@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from imbalance_bench.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config groups, beside the package
-CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "experiment")
+CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "recipe", "experiment")
 
 # ---------------------------------------------------------------- rules
 

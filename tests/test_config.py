@@ -23,7 +23,7 @@ def test_every_group_has_options():
 def test_every_option_composes_and_validates(compose_cfg, group, option):
     cfg = compose_cfg([f"{group}={option}"])
     validate(cfg)
-    if group != "experiment":
+    if group not in ("experiment", "recipe"):  # those two only change other groups
         assert "_target_" in cfg[group] or group == "trainer"
 
 
@@ -83,6 +83,114 @@ def test_command_line_group_choice_beats_the_preset(compose_cfg):
     assert cfg.dataset.name == "cifar100_lt" and cfg.dataset.imbalance_factor == 100
     cfg = compose_cfg(["experiment=cifar_lt", "loss=ce", "reweight=none"])
     assert cfg.dataset.name == "cifar10_lt" and cfg.loss.name == "ce" and cfg.reweight.name == "none"
+
+
+# The training recipes (conf/recipe/), each as (epochs, batch size, optimizer, lr, scheduler, warm-up
+# epochs, milestones and their lr factor): written out, so that a change to a recipe file or to a
+# group default shows here.
+RECIPES = {
+    "cifar_lt": (200, 128, "SGD", 0.1, "warmup_multistep", 5, ([160, 180], 0.01)),   # Cui et al. 2019; Cao et al. 2019
+    "quick": (4, 128, "SGD", 0.1, "warmup_cosine", 0, None),
+    "multimnist": (30, 128, "SGD", 0.1, "warmup_cosine", 1, None),
+    "coco": (20, 32, "AdamW", 1e-4, "warmup_cosine", 1, None),
+}
+DATASET_RECIPES = {"mnist_lt": "quick", "cifar10_lt": "cifar_lt", "cifar100_lt": "cifar_lt",
+                   "multimnist": "multimnist", "coco": "coco"}
+
+
+def recipe_of(cfg: DictConfig) -> str:
+    """The name of the recipe a composed config trains with (its values if none matches)."""
+    scheduler = cfg.scheduler._target_.rpartition(".")[2]
+    steps = (list(cfg.scheduler.milestones), cfg.scheduler.gamma) if "milestones" in cfg.scheduler else None
+    values = (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer._target_.rpartition(".")[2], cfg.optimizer.lr,
+              scheduler, cfg.scheduler.warmup_epochs, steps)
+    return next((name for name, recipe in RECIPES.items() if recipe == values), str(values))
+
+
+def test_every_dataset_and_recipe_is_listed():
+    assert {o for g, o in OPTIONS if g == "dataset"} == set(DATASET_RECIPES)
+    assert {o for g, o in OPTIONS if g == "recipe"} == set(RECIPES)
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASET_RECIPES))
+def test_a_dataset_trains_its_recipe_unless_a_preset_or_the_command_line_picks_one(compose_cfg, dataset):
+    """`imbench dataset=cifar10_lt` is the published 200-epoch recipe, not the quick MNIST one; a preset's
+    recipe beats the dataset's (experiment=cifar_lt dataset=mnist_lt is 200 epochs), `recipe=` beats both."""
+    own = DATASET_RECIPES[dataset]
+    for overrides, recipe in [
+        ([], own), (["experiment=none"], own), (["experiment=cifar_lt"], "cifar_lt"),
+        (["experiment=cui2019_table2/cb_best_cifar100_if10"], "cifar_lt"), (["experiment=mnist_lt_cb_focal"], "quick"),
+        (["experiment=plm_multimnist"], "multimnist"), (["experiment=focal_coco_f2"], "coco"),
+        (["experiment=cao2019_table2/ldam_drw", "recipe=quick"], "quick"),
+    ]:
+        cfg = compose_cfg([*overrides, f"dataset={dataset}"])
+        assert (cfg.dataset.name, recipe_of(cfg)) == (dataset, recipe), overrides
+
+
+def loss_of(cfg: DictConfig) -> str:
+    loss = cfg.loss
+    if loss.name == "focal":
+        return f"focal({loss.gamma:g}{',softmax' if loss.softmax else ''})"
+    return f"plm({loss.base})" if loss.name == "plm" else loss.name
+
+
+def reweight_of(cfg: DictConfig) -> str:
+    weights = cfg.reweight
+    start = f",start={weights.start_epoch}" if weights.start_epoch else ""
+    return f"cb({weights.beta:g}{start})" if weights.name == "cb" else weights.name + start
+
+
+# What every preset composes to on its own: dataset and imbalance factor, model, loss (focal: gamma,
+# and softmax for Cao et al.'s form), re-weighting (cb: beta, and the DRW start epoch) and recipe.
+PRESETS = """
+none                                   mnist_lt    100 resnet32 ce               none            quick
+mnist_lt_quick                         mnist_lt    100 resnet32 ce               none            quick
+mnist_lt_cb_focal                      mnist_lt    100 resnet32 focal(2)         cb(0.9999)      quick
+cifar_lt                               cifar10_lt  100 resnet32 ce               none            cifar_lt
+plm_multimnist                         multimnist   10 resnet32 plm(bce)         none            multimnist
+focal_coco_f2                          coco          - resnet50 focal(2)         none            coco
+cui2019_table2/softmax                 cifar10_lt  100 resnet32 ce               none            cifar_lt
+cui2019_table2/sigmoid                 cifar10_lt  100 resnet32 bce              none            cifar_lt
+cui2019_table2/focal_g05               cifar10_lt  100 resnet32 focal(0.5)       none            cifar_lt
+cui2019_table2/focal_g1                cifar10_lt  100 resnet32 focal(1)         none            cifar_lt
+cui2019_table2/focal_g2                cifar10_lt  100 resnet32 focal(2)         none            cifar_lt
+cui2019_table2/cb_best_cifar10_if200   cifar10_lt  200 resnet32 ce               cb(0.9999)      cifar_lt
+cui2019_table2/cb_best_cifar10_if100   cifar10_lt  100 resnet32 focal(1)         cb(0.9999)      cifar_lt
+cui2019_table2/cb_best_cifar10_if50    cifar10_lt   50 resnet32 focal(2)         cb(0.9999)      cifar_lt
+cui2019_table2/cb_best_cifar10_if20    cifar10_lt   20 resnet32 ce               cb(0.9999)      cifar_lt
+cui2019_table2/cb_best_cifar10_if10    cifar10_lt   10 resnet32 bce              cb(0.9999)      cifar_lt
+cui2019_table2/cb_best_cifar10_if1     cifar10_lt    1 resnet32 bce              cb(0.9999)      cifar_lt
+cui2019_table2/cb_best_cifar100_if200  cifar100_lt 200 resnet32 focal(1)         cb(0.9)         cifar_lt
+cui2019_table2/cb_best_cifar100_if100  cifar100_lt 100 resnet32 focal(1)         cb(0.9)         cifar_lt
+cui2019_table2/cb_best_cifar100_if50   cifar100_lt  50 resnet32 bce              cb(0.99)        cifar_lt
+cui2019_table2/cb_best_cifar100_if20   cifar100_lt  20 resnet32 focal(0.5)       cb(0.99)        cifar_lt
+cui2019_table2/cb_best_cifar100_if10   cifar100_lt  10 resnet32 focal(0.5)       cb(0.999)       cifar_lt
+cui2019_table2/cb_best_cifar100_if1    cifar100_lt   1 resnet32 bce              cb(0.9999)      cifar_lt
+cao2019_table2/erm                     cifar10_lt  100 resnet32 ce               none            cifar_lt
+cao2019_table2/focal                   cifar10_lt  100 resnet32 focal(1,softmax) none            cifar_lt
+cao2019_table2/ldam                    cifar10_lt  100 resnet32 ldam             none            cifar_lt
+cao2019_table2/cb_rw                   cifar10_lt  100 resnet32 ce               cb(0.9999)      cifar_lt
+cao2019_table2/cb_focal                cifar10_lt  100 resnet32 focal(1,softmax) cb(0.9999)      cifar_lt
+cao2019_table2/ldam_drw                cifar10_lt  100 resnet32 ldam             cb(0.9999,start=160) cifar_lt
+"""
+
+
+PRESET_ROWS = {line.split()[0]: line.split()[1:] for line in PRESETS.strip().splitlines()}
+
+
+def test_the_preset_table_lists_every_preset():
+    assert set(PRESET_ROWS) == {o for g, o in OPTIONS if g == "experiment"}
+
+
+@pytest.mark.parametrize("preset", PRESET_ROWS)
+def test_every_preset_composes_to_its_row(compose_cfg, preset):
+    """Pins what each preset trains, so that an edit to a preset, to the base it builds on
+    (experiment/cifar_lt, mnist_lt_quick), to a recipe or to a group default cannot change it unnoticed."""
+    cfg = compose_cfg([f"experiment={preset}"])
+    factor = cfg.dataset.imbalance_factor
+    found = [cfg.dataset.name, "-" if factor is None else f"{factor:g}", cfg.model.name, loss_of(cfg),
+             reweight_of(cfg), recipe_of(cfg)]
+    assert found == PRESET_ROWS[preset]
 
 
 @pytest.mark.parametrize(
