@@ -38,7 +38,7 @@ from imbalance_bench import config as _schemas  # noqa: F401  (registers the str
 from imbalance_bench.config import CONF_DIR, CONFIG_GROUPS, check_combinations, validate
 from imbalance_bench.distributed import World, check_ddp, close_world, init_world, world_from_env
 from imbalance_bench.errors import (
-    EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
+    EXIT_STOPPED as EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
 )
 from imbalance_bench.signals import (
     SIGNALS, Interrupted, received, report_stop, signal_name, stop_at_once, stopped_now,
