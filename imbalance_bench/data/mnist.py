@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imbalance_bench.data.bundle import RawSplits
 from imbalance_bench.data.download import download_or_fail
-from imbalance_bench.data.long_tail import RawSplits
 from imbalance_bench.errors import DataError
 
 FILES = {
