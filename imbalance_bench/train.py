@@ -48,13 +48,13 @@ from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
-from imbalance_bench.report import describe_run, format_summary
 from imbalance_bench.rundir import check_writable, claimed, remove_leftovers, write_hydra_record
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
 from imbalance_bench.signals import Interrupted, StopRequest, set_stage
 from imbalance_bench.step import (
     ModelWithLoss, Precision, TrainStep, current_lr, model_input, to_memory_format, upcast,
 )
+from imbalance_bench.summary import describe_run, format_summary
 
 log = logging.getLogger("imbench")
 
