@@ -11,16 +11,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from imbalance_bench import CONF_DIR  # noqa: F401  (the config groups; cli.py imports them from here)
 from imbalance_bench.errors import ConfigError
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config groups, beside the package
 
 # ---------------------------------------------------------------- dataset
 
