@@ -35,10 +35,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_bench import config as _schemas  # noqa: F401  (registers the structured schemas)
-from imbalance_bench.config import CONF_DIR, CONFIG_GROUPS, check_combinations, validate
+from imbalance_bench import CONF_DIR
+from imbalance_bench.config import CONFIG_GROUPS, check_combinations, validate
 from imbalance_bench.distributed import World, check_ddp, close_world, init_world, world_from_env
 from imbalance_bench.errors import (
-    EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
+    EXIT_STOPPED, EXIT_USER_ERROR, ConfigError, ImbenchError, ProcessError, print_user_error, user_message,
 )
 from imbalance_bench.signals import (
     SIGNALS, Interrupted, received, report_stop, signal_name, stop_at_once, stopped_now,
@@ -101,7 +102,7 @@ def hydra_app(cfg: DictConfig) -> float:
         if "submitit" in launcher:  # one SLURM job per sweep job: it ends here, and may be requeued
             report_stop("imbench", exc)
             hand_over_to_scheduler(exc.signum)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            raise SystemExit(EXIT_STOPPED) from None
         return job_stopped(hydra_cfg, exc)
     except ImbenchError as exc:
         if not sweeping:

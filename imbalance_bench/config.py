@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import numpy as np
@@ -22,7 +21,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from imbalance_bench.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config groups, beside the package
 CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "recipe", "experiment")
 
 # ---------------------------------------------------------------- rules

@@ -1,13 +1,27 @@
-"""User-facing errors: the CLI prints their message as one line and exits with code 2."""
+"""User errors and the exit codes of every command.
+
+A user error is an `ImbenchError`: the command prints its message as one line and exits with
+EXIT_USER_ERROR. The exit codes of all three commands (imbench, imbench-report, reproduce) are
+in one table here, so that one value never means two things.
+"""
 
 import argparse
 import re
 import sys
 from typing import NoReturn
 
-#: exit codes of imbench and imbench-report
-EXIT_USER_ERROR = 2  # a mistake the user can fix; the one line says which
-EXIT_INTERRUPTED = 75  # stopped by a signal, with what was done saved (EX_TEMPFAIL: run it again)
+# Exit codes (0: done). Each name says which commands use it:
+#
+#   code  name                    command(s)                          meaning
+#   1     EXIT_TABLE_RUN_FAILED   reproduce                           a run of the table failed, or no report was written
+#   2     EXIT_USER_ERROR         imbench, imbench-report, reproduce  a mistake the user can fix; the one line says which
+#   75    EXIT_STOPPED            imbench                             stopped by a signal with what was done saved
+#                                                                     (EX_TEMPFAIL: run the same command again)
+#   130   EXIT_TABLE_INTERRUPTED  reproduce                           stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_TABLE_RUN_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_STOPPED = 75
+EXIT_TABLE_INTERRUPTED = 130
 
 _CLASS_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Diverged): ")
 

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from imbalance_bench.errors import ConfigError, DataError, ImbenchError, OneLineArgumentParser, exit_user_error
+from imbalance_bench.errors import (
+    EXIT_TABLE_INTERRUPTED, EXIT_TABLE_RUN_FAILED, ConfigError, DataError, ImbenchError, OneLineArgumentParser,
+    exit_user_error,
+)
 
 PROG = "reproduce"
-EXIT_RUN_FAILED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 @dataclass
@@ -255,13 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     if interrupted:
         sys.stderr.write(f"{PROG}: interrupted after {len(records)} of {len(sweeps)} finished sweep(s); "
                          f"what finished is in {out} (reproduce.json, report.md)\n")
-        raise SystemExit(EXIT_INTERRUPTED)
+        raise SystemExit(EXIT_TABLE_INTERRUPTED)
     failed = [r["name"] for r in records if r["exit_code"] != 0 or r["completed"] < r["runs"]]
     total = sum(r["wall_seconds"] for r in records)
     print(f"\n{args.table}: {sum(r['completed'] for r in records)}/{sum(r['runs'] for r in records)} runs completed "
           f"in {total / 60:.1f} min; sweeps with failed runs: {', '.join(failed) or 'none'}; results in {out}")
     if failed or not report_ok:
-        raise SystemExit(EXIT_RUN_FAILED)
+        raise SystemExit(EXIT_TABLE_RUN_FAILED)
 
 
 def write_summary(out: Path, table: str, started: str, records: list[dict], interrupted: bool) -> None:

@@ -1,4 +1,4 @@
-"""Stop signals and the exit codes of `imbench`: how SIGTERM, SIGINT and SIGUSR2 end a command.
+"""Stop signals: how SIGTERM, SIGINT and SIGUSR2 end an `imbench` command.
 
 A signal is handled in one of two ways, whatever moment it arrives:
 - inside the training loop, `StopRequest` defers it to the end of the current step, where the
@@ -6,7 +6,7 @@ A signal is handled in one of two ways, whatever moment it arrives:
 - anywhere else (start-up and its imports, reading the data, the final writes), `stop_at_once`
   raises `Interrupted` where the program is: an atomic write deletes its temporary file on the way
   out, and the lock on the run directory is released.
-Either way the command prints one line saying what stopped it and exits with EXIT_INTERRUPTED.
+Either way the command prints one line saying what stopped it and exits with EXIT_STOPPED (errors.py).
 `Interrupted` is a BaseException, like KeyboardInterrupt, so that Hydra's own error reporting (which
 prints a traceback for any Exception) lets it through to the CLI.
 
@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from imbalance_bench.errors import EXIT_INTERRUPTED
+from imbalance_bench.errors import EXIT_STOPPED
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
@@ -99,7 +99,7 @@ def report_stop(prog: str, exc: Interrupted) -> int:
     if os.environ.get("RANK", "0") == "0":
         sys.stderr.write(f"{prog}: {exc}\n")
         sys.stderr.flush()
-    return EXIT_INTERRUPTED
+    return EXIT_STOPPED
 
 
 class StopRequest:

@@ -41,19 +41,20 @@ from imbalance_bench.config import resolve_monitor
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.data.jpeg_batch import batch_to_device
-from imbalance_bench.distributed import World, check_device, current_world, global_batch_rows
+from imbalance_bench.device import Switches, resolve_device
+from imbalance_bench.distributed import World, current_world, global_batch_rows
 from imbalance_bench.errors import ConfigError, DataError, ImbenchError, ProcessError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.metrics import is_scalar_metric, multi_label_metrics, single_label_metrics
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
-from imbalance_bench.report import describe_run, format_summary
 from imbalance_bench.rundir import check_writable, claimed, remove_leftovers, write_hydra_record
 from imbalance_bench.runfiles import append_csv_row, save_checkpoint, write_json
 from imbalance_bench.signals import Interrupted, StopRequest, set_stage
 from imbalance_bench.step import (
-    ModelWithLoss, Precision, Switches, TrainStep, current_lr, model_input, to_memory_format, upcast,
+    ModelWithLoss, Precision, TrainStep, current_lr, model_input, to_memory_format, upcast,
 )
+from imbalance_bench.summary import describe_run, format_summary
 
 log = logging.getLogger("imbench")
 
@@ -190,25 +191,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(choice: str, world: World = World()) -> torch.device:
-    """The run's device; under torchrun, `auto` and `cuda` take cuda:LOCAL_RANK (one GPU per process)."""
-    check_device(choice, world)
-    if world.distributed and (choice == "cuda" or (choice == "auto" and torch.cuda.is_available())):
-        choice = f"cuda:{world.local_rank}"
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={choice} is not allowed: no CUDA device is visible; use auto or cpu")
-        index = int(choice.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"trainer.device={choice} is not allowed: {torch.cuda.device_count()} CUDA device(s) visible "
-                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
-            )
-    return torch.device(choice)
 
 
 def build_data(cfg: DictConfig, run_dir: Path, world: World = World()) -> DataBundle:

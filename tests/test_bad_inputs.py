@@ -25,7 +25,7 @@ from coco_files import write_coco
 from conftest import IMBENCH, imbench_environment, run_imbench
 from dataset_files import write_cifar10, write_mnist_from_digits
 from imbalance_bench import cli
-from imbalance_bench.errors import EXIT_INTERRUPTED
+from imbalance_bench.errors import EXIT_STOPPED
 from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import EXIT_USER_ERROR
 
@@ -355,7 +355,7 @@ def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, 
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
 
-    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
     assert_one_line(stderr, "SIGTERM after ", f"checkpoint {last}", "run the same command again to resume",
                     prefix="imbench: stopped by ")
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)

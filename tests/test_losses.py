@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from imbalance_bench.losses import (
     ClassBalanced,
-    FocalLoss,
     InverseFrequency,
     Reweighting,
     SigmoidCrossEntropy,
+    SigmoidFocalLoss,
     SoftmaxCrossEntropy,
     class_balanced_weights,
     create_loss,
@@ -138,7 +138,7 @@ def test_factories_and_prior_bias():
     assert isinstance(create_loss("ce"), SoftmaxCrossEntropy)
     assert isinstance(create_loss("bce"), SigmoidCrossEntropy)
     focal = create_loss("focal", gamma=0.5, softmax=False)
-    assert isinstance(focal, FocalLoss) and focal.gamma == 0.5
+    assert isinstance(focal, SigmoidFocalLoss) and focal.gamma == 0.5
     assert create_loss("bce").classifier_bias(10) == pytest.approx(-math.log(9))
     assert focal.classifier_bias(100) == pytest.approx(-math.log(99))
     assert create_loss("ce").classifier_bias(10) is None

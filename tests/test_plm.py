@@ -10,7 +10,7 @@ from conftest import random_batch
 
 from imbalance_bench.losses.base import reduce_terms
 from imbalance_bench.losses.dfl import DualFocalLoss
-from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss
+from imbalance_bench.losses.focal import SigmoidFocalLoss, SoftmaxFocalLoss, sigmoid_focal_loss
 from imbalance_bench.losses.plm import (
     HISTOGRAM_SMOOTHING,
     PartialLabelMasking,
@@ -171,7 +171,7 @@ def test_training_before_prepare_is_a_clear_error(batch):
 
 def test_wraps_focal_and_learnable_dfl(batch):
     logits, labels, multi_hot, weights = batch
-    focal = make_plm(FocalLoss(gamma=2.0)).train()
+    focal = make_plm(SigmoidFocalLoss(gamma=2.0)).train()
     assert torch.equal(focal(logits, multi_hot, weights), sigmoid_focal_loss(logits, multi_hot, 2.0, weights))
 
     dfl = DualFocalLoss(1.0, 1.0, 2.0, 1.0, True, 0.0, 5.0)
@@ -183,7 +183,7 @@ def test_wraps_focal_and_learnable_dfl(batch):
     log = plm.end_epoch()
     assert log["gamma"] == pytest.approx(2.0) and len(log["target_ratio"]) == 4
     with pytest.raises(ValueError, match="sigmoid"):
-        PartialLabelMasking(FocalLoss(gamma=2.0, softmax=True), 10, 0.1)
+        PartialLabelMasking(SoftmaxFocalLoss(gamma=2.0), 10, 0.1)
 
 
 def test_state_dict_round_trip_restores_ratios_and_divergences(batch):

@@ -13,10 +13,11 @@ from imbalance_bench import report
 from imbalance_bench.errors import ImbenchError
 from imbalance_bench.reference import default_references, load_reference, lookup, reference_names
 from imbalance_bench.report import (
-    Cell, aggregate, build_tables, column_of, format_cell, format_summary, method_keys, method_labels, read_run,
+    Cell, aggregate, build_tables, column_of, format_cell, method_keys, method_labels, read_run,
     write_report,
 )
 from imbalance_bench.report_cli import main
+from imbalance_bench.summary import format_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from coco_files import write_coco
-from imbalance_bench.errors import EXIT_INTERRUPTED
+from imbalance_bench.errors import EXIT_STOPPED
 from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import ConfigError, DataError
 from imbalance_bench.train import TrainingDiverged, run, run_job
@@ -224,7 +224,7 @@ def test_sigterm_exits_with_its_own_code_and_one_line(data_root, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in stderr, stderr[-3000:]
+    assert proc.returncode == EXIT_STOPPED and "Traceback" not in stderr, stderr[-3000:]
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith("imbench: stopped by SIGTERM after ")  # a stop, not an error
     assert last_line.endswith(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'}; run the same command again to resume")
@@ -250,7 +250,7 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)
     _, stderr = first.communicate(timeout=120)
-    assert first.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert first.returncode == EXIT_STOPPED, stderr[-3000:]
     [stopped] = [p.parent.parent for p in sweep.glob("*/checkpoints/last.pt")]
     assert not (stopped / "metrics.json").exists()
 

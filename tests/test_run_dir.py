@@ -24,7 +24,7 @@ from conftest import IMBENCH, SMOKE, imbench_environment
 from test_bad_inputs import snapshot
 from test_resume import KILLED_AFTER_EPOCH_1
 from imbalance_bench import cli
-from imbalance_bench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from imbalance_bench.errors import EXIT_STOPPED, EXIT_USER_ERROR
 from imbalance_bench.rundir import LOCK_FILE, RunDirLock, remove_leftovers
 from imbalance_bench.runfiles import atomic_write_bytes, write_json
 
@@ -254,7 +254,7 @@ def test_a_signal_during_start_up_is_one_line_and_exit_75(tmp_path, signum, word
         time.sleep(0.01)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
     assert last_line(stderr) == (f"imbench: stopped by {word} during start-up; run the same command again to "
                                  "start or resume the run")
     assert not (tmp_path / "run").exists()
@@ -275,7 +275,7 @@ def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path
     monkeypatch.setattr(train_module, "instantiate", signal_during_dataset)
     run_dir = tmp_path / "run"
     code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
-    assert code == EXIT_INTERRUPTED
+    assert code == EXIT_STOPPED
     assert last_line(err) == (f"imbench: stopped by {signal.Signals(signum).name} during reading the data; run the "
                               "same command again to start or resume the run")
     assert not (run_dir / LOCK_FILE).exists() and not list(run_dir.rglob("*.tmp"))
@@ -296,7 +296,7 @@ def test_a_signal_during_the_final_write_leaves_no_temporary_file_and_the_rerun_
     monkeypatch.setattr(runfiles.os, "fsync", signal_while_writing_metrics)
     run_dir = tmp_path / "run"
     code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
-    assert code == EXIT_INTERRUPTED
+    assert code == EXIT_STOPPED
     assert last_line(err).startswith("imbench: stopped by SIGTERM during writing the results;")
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "metrics.json").exists()
 
@@ -346,7 +346,7 @@ def test_sigterm_to_a_packed_sweep_stops_every_job_with_a_checkpoint(smoke, tmp_
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
 
-    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
     assert "Traceback" not in stderr
     assert last_line(stderr).startswith("imbench: stopped by SIGTERM: the sweep's running jobs wrote their checkpoints")
     assert "3 job(s): 0 trained, 0 resumed, 0 already complete (skipped), 0 failed, 3 stopped" in stdout + stderr

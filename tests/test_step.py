@@ -1,4 +1,4 @@
-"""The train step and its speed switches (imbalance_bench/step.py), the device loader, the loss read-back.
+"""The train step and its speed switches (imbalance_bench/step.py, device.py), the device loader, the loss read-back.
 
 The CUDA-graph tests run only where a GPU is visible (the CPU suite checks the fallbacks).
 """
@@ -12,10 +12,11 @@ import torch
 from omegaconf import OmegaConf
 
 from imbalance_bench.data.images import BatchTransform, DeviceLoader, ImageSplit, make_loader
+from imbalance_bench.device import Switches
 from imbalance_bench.losses import create_loss
 from imbalance_bench.models import create_model
 from imbalance_bench.schedulers import warmup_multistep
-from imbalance_bench.step import Precision, Switches, TrainStep, current_lr, learning_rates_on_device
+from imbalance_bench.step import Precision, TrainStep, current_lr, learning_rates_on_device
 from imbalance_bench.train import LossTracker, TrainingDiverged
 
 CPU = torch.device("cpu")

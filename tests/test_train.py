@@ -125,7 +125,7 @@ def test_build_model_sets_the_sigmoid_prior(compose_cfg, data_root, tmp_path):
 def test_the_run_header_states_the_method_in_full(compose_cfg, overrides, method):
     from omegaconf import OmegaConf
 
-    from imbalance_bench.report import describe_run
+    from imbalance_bench.summary import describe_run
 
     header = describe_run(OmegaConf.to_container(compose_cfg(overrides), resolve=True))
     assert header.split(" | ")[2] == method

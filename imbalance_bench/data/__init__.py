@@ -8,7 +8,8 @@ from typing import Callable
 from imbalance_bench.data.cifar import load_cifar, missing_cifar
 from imbalance_bench.data.coco import build_coco, missing_coco
 from imbalance_bench.data.images import BatchTransform
-from imbalance_bench.data.long_tail import DataBundle, make_long_tail_bundle
+from imbalance_bench.data.bundle import DataBundle
+from imbalance_bench.data.long_tail import make_long_tail_bundle
 from imbalance_bench.data.mnist import load_mnist, missing_mnist
 from imbalance_bench.data.multimnist import build_multimnist
 from imbalance_bench.errors import ConfigError

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imbalance_bench.data.bundle import RawSplits
 from imbalance_bench.data.download import download_or_fail
-from imbalance_bench.data.long_tail import RawSplits
 from imbalance_bench.errors import DataError
 from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
 

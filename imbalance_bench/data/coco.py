@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from imbalance_bench.data.bundle import DataBundle
 from imbalance_bench.data.images import BatchTransform
 from imbalance_bench.data.jpeg_batch import (
     Box,
@@ -42,7 +43,6 @@ from imbalance_bench.data.jpeg_batch import (
     read_encoded,
     skip_or_raise,
 )
-from imbalance_bench.data.long_tail import DataBundle
 from imbalance_bench.data.profiles import long_tail_counts
 from imbalance_bench.errors import ConfigError, DataError
 

@@ -2,90 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import torch
 
+from imbalance_bench.data.bundle import DataBundle, RawSplits
 from imbalance_bench.data.images import BatchTransform, ImageSplit
 from imbalance_bench.data.profiles import limit_subset, long_tail_counts, select_per_class
 from imbalance_bench.errors import DataError
-
-log = logging.getLogger("imbench")
-MAX_NAMED_CLASSES = 10  # the zero-image warning names this many classes, then counts the rest
-
-
-@dataclass
-class RawSplits:
-    """Full train and test splits as uint8 (N, C, H, W) arrays with integer labels."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    class_names: list[str]
-    source: str
-
-
-@dataclass
-class DataBundle:
-    """Everything the loop needs from a dataset, plus what the run directory records about it."""
-
-    name: str
-    train: ImageSplit  # or any batch-indexed split with `image_shape` and the same (images, targets) batches
-    test: ImageSplit
-    class_names: list[str]
-    label_kind: str  # "single" (integer labels) or "multi" (multi-hot targets)
-    # train_class_counts / test_class_counts: images per class (positives per class when multi-label)
-    transform: BatchTransform
-    train_class_counts: list[int]
-    test_class_counts: list[int]
-    subset_indices: dict[str, list[int]]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        """Warn, once per bundle, when the train split leaves classes without a single image: the
-        run trains without them (a profile like dataset.imbalance_factor=1e9 rounds the tail to 0)."""
-        empty = [name for name, count in zip(self.class_names, self.train_class_counts) if count == 0]
-        if empty:
-            named = ", ".join(empty[:MAX_NAMED_CLASSES])
-            more = f" and {len(empty) - MAX_NAMED_CLASSES} more" if len(empty) > MAX_NAMED_CLASSES else ""
-            log.warning("dataset %s: %d of %d classes have no train images, so the model never trains on them: %s%s",
-                        self.name, len(empty), self.num_classes, named, more)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def in_chans(self) -> int:
-        return int(self.train.image_shape[0])
-
-    def stats(self) -> dict[str, Any]:
-        """The `dataset_stats.json` record: per-class counts and how the subset was drawn."""
-        return {
-            "name": self.name,
-            "label_kind": self.label_kind,
-            "num_classes": self.num_classes,
-            "class_names": self.class_names,
-            "image_shape": list(self.train.image_shape),
-            "train_total": len(self.train),
-            "test_total": len(self.test),
-            "train_counts": self.train_class_counts,
-            "test_counts": self.test_class_counts,
-            "subset_sha256": subset_digest(self.subset_indices),
-            **self.info,
-        }
-
-
-def subset_digest(subset_indices: dict[str, list[int]]) -> str:
-    """SHA-256 of the chosen indices, so two runs can be checked for the identical subset."""
-    blob = json.dumps({k: list(map(int, v)) for k, v in sorted(subset_indices.items())}, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def balanced_test_indices(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:

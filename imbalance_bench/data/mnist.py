@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imbalance_bench import CONF_DIR
+from imbalance_bench.data.bundle import RawSplits
 from imbalance_bench.data.download import download_or_fail
-from imbalance_bench.data.long_tail import RawSplits
 from imbalance_bench.errors import DataError
 
 FILES = {
@@ -170,8 +171,6 @@ def _not_found(root: str | Path) -> str:
 def default_root(config: str) -> Path:
     """`dataset.root` as conf/dataset/<config>.yaml sets it, resolved here: the root nobody chose."""
     from omegaconf import OmegaConf
-
-    from imbalance_bench.config import CONF_DIR
 
     return Path(str(OmegaConf.load(CONF_DIR / "dataset" / f"{config}.yaml").root)).expanduser().resolve()
 

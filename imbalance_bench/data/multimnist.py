@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from imbalance_bench.data.bundle import DataBundle, RawSplits
 from imbalance_bench.data.images import BatchTransform, ImageSplit
-from imbalance_bench.data.long_tail import DataBundle, RawSplits
 from imbalance_bench.data.mnist import load_mnist
 from imbalance_bench.data.profiles import long_tail_counts
 from imbalance_bench.errors import ConfigError, DataError

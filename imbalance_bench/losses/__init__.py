@@ -7,7 +7,9 @@ from imbalance_bench.losses.asl import AsymmetricLoss, asymmetric_terms
 from imbalance_bench.losses.balanced_softmax import BalancedSoftmax, balanced_softmax_loss, log_class_prior
 from imbalance_bench.losses.base import ClassificationLoss, SigmoidLoss, reduce_terms
 from imbalance_bench.losses.dfl import DualFocalLoss, dual_focal_terms
-from imbalance_bench.losses.focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from imbalance_bench.losses.focal import (
+    SigmoidFocalLoss, SoftmaxFocalLoss, create_focal, sigmoid_focal_loss, softmax_focal_loss,
+)
 from imbalance_bench.losses.ldam import LDAMLoss, ldam_loss, ldam_margins
 from imbalance_bench.losses.plm import PartialLabelMasking
 from imbalance_bench.losses.reweight import (
@@ -26,7 +28,7 @@ def create_plm(base: str, bins: int, lr: float, **base_configs) -> PartialLabelM
     """PLM around the base loss `base`, built from its own config node (`loss.<base>`)."""
     options = {str(k): v for k, v in base_configs[base].items() if not str(k).startswith("_")}
     base_loss = create_loss(**options)
-    if not isinstance(base_loss, SigmoidLoss) or getattr(base_loss, "softmax", False):
+    if not isinstance(base_loss, SigmoidLoss):
         raise ConfigError(f"loss.base={base} is not allowed: PLM needs a one-vs-all sigmoid loss (bce, focal, dfl)")
     return PartialLabelMasking(base_loss, bins=bins, lr=lr)
 
@@ -37,7 +39,7 @@ create_plm.label_kinds = PartialLabelMasking.label_kinds
 LOSSES = {
     "ce": SoftmaxCrossEntropy,
     "bce": SigmoidCrossEntropy,
-    "focal": FocalLoss,
+    "focal": create_focal,
     "dfl": DualFocalLoss,
     "plm": create_plm,
     "ldam": LDAMLoss,
@@ -83,7 +85,9 @@ __all__ = [
     "dual_focal_terms",
     "SigmoidLoss",
     "reduce_terms",
-    "FocalLoss",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
+    "create_focal",
     "SigmoidCrossEntropy",
     "SoftmaxCrossEntropy",
     "Reweighting",

@@ -1,4 +1,5 @@
-"""What every loss shares: targets in either label kind, and per-class weights applied as Cui et al. 2019 do."""
+"""The base classes of the losses (`ClassificationLoss`; `SigmoidLoss`, one term per (sample, class))
+and what every loss shares: targets in either label kind, and per-class weights applied as Cui et al. 2019 do."""
 
 from __future__ import annotations
 

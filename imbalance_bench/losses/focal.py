@@ -1,11 +1,12 @@
-"""Focal loss (Lin et al. 2017) in its sigmoid form (Cui et al. 2019, eq. 12) and its softmax form."""
+"""Focal loss (Lin et al. 2017) in its sigmoid form (Cui et al. 2019, eq. 12) and its softmax form: one
+class each, and `create_focal`, which `loss=focal` builds them with (`loss.softmax` picks the form)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from imbalance_bench.losses.base import SigmoidLoss, as_multi_hot, reduce_terms
+from imbalance_bench.losses.base import ClassificationLoss, SigmoidLoss, as_multi_hot, reduce_terms
 
 
 def sigmoid_focal_terms(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -36,25 +37,38 @@ def softmax_focal_loss(
     return per_sample.mean()
 
 
-class FocalLoss(SigmoidLoss):
-    """Focal loss; `softmax=False` (default) is the sigmoid form, which also takes multi-hot targets."""
+class SigmoidFocalLoss(SigmoidLoss):
+    """Focal loss in its sigmoid form (Cui et al. 2019, eq. 12): one term per (sample, class), so it
+    takes multi-hot targets too, and PLM can mask its terms."""
 
-    def __init__(self, gamma: float, softmax: bool = False):
+    def __init__(self, gamma: float):
         super().__init__()
         self.gamma = float(gamma)
-        self.softmax = bool(softmax)
-        self.sigmoid_head = not self.softmax
-        self.label_kinds = frozenset({"single"}) if self.softmax else frozenset({"single", "multi"})
 
     def per_element(self, logits, targets):
-        if self.softmax:
-            raise ValueError("the softmax focal loss has one term per sample, not per (sample, class)")
         return sigmoid_focal_terms(logits, targets, self.gamma)
 
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}"
+
+
+class SoftmaxFocalLoss(ClassificationLoss):
+    """Focal loss in its softmax form (Lin et al. 2017): one term per sample, integer labels only."""
+
+    def __init__(self, gamma: float):
+        super().__init__()
+        self.gamma = float(gamma)
+
     def forward(self, logits, targets, class_weights=None):
-        if self.softmax:
-            return softmax_focal_loss(logits, targets, self.gamma, class_weights)
-        return sigmoid_focal_loss(logits, targets, self.gamma, class_weights)
+        return softmax_focal_loss(logits, targets, self.gamma, class_weights)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, softmax={self.softmax}"
+        return f"gamma={self.gamma}"
+
+
+def create_focal(gamma: float, softmax: bool = False) -> SigmoidFocalLoss | SoftmaxFocalLoss:
+    """`loss=focal`: the sigmoid form, or the softmax form with `loss.softmax=true`."""
+    return SoftmaxFocalLoss(gamma) if softmax else SigmoidFocalLoss(gamma)
+
+
+create_focal.label_kinds = SigmoidFocalLoss.label_kinds | SoftmaxFocalLoss.label_kinds
