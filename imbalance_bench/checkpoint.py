@@ -14,9 +14,10 @@ is read with torch's weights-only loader: a crafted file cannot run code when a 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,69 @@ class EpochPosition:
     shuffle_state: torch.Tensor  # the shuffle generator at the epoch's start: it redraws the same order
     loss_total: float  # the epoch's running loss sum and count so far
     loss_seen: int
+
+
+@dataclass
+class History:
+    monitor: str  # the metric that picks the best epoch (trainer.monitor resolved for the label kind)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    best_epoch: int | None = None
+    best_value: float = -float("inf")
+    seconds: float = 0.0  # wall time of the epochs so far, resumed runs included
+    finished: bool = False  # the last epoch, or trainer.max_steps, was reached
+
+
+@dataclass
+class TrainState:
+    """Everything the rest of a run depends on, saved and restored as one (`checkpoints/last.pt`):
+    the model, optimiser, scheduler, gradient scaler and loss state (DFL's learnable gamma, PLM's
+    ratios and histograms), every random stream, the epoch records, how many epochs are done, and
+    where in the next one the run stopped. `state_dict` and `load_state_dict` are each other's inverse."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    criterion: torch.nn.Module
+    generators: Generators
+    history: History
+    epoch: int = 0  # epochs done
+    position: EpochPosition | None = None  # where the epoch in progress stopped (SIGTERM / SIGINT), if it did
+
+    def state_dict(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint: tensors and plain values only (read back with the weights-only loader)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.history.steps,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss": self.criterion.state_dict(),
+            "rng": rng_state(self.generators),
+            "history": dataclasses.asdict(self.history),
+            "position": None if self.position is None else dataclasses.asdict(self.position),
+            "config": config,
+        }
+
+    def load_state_dict(self, checkpoint: dict[str, Any], carry_counts: bool = True) -> None:
+        """Continue from `checkpoint`. The loss's epoch counters in it are the whole run's (summed over
+        processes): in a DDP run rank 0 carries them on (`carry_counts`) and the others start from
+        zero, so the epoch-end sum counts them once. A run stopped inside an epoch redraws that
+        epoch's batch order from the shuffle state saved at its start."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.criterion.load_state_dict(checkpoint["loss"])
+        if not carry_counts:
+            for counter in self.criterion.epoch_counters():
+                counter.zero_()
+        for key, value in checkpoint["history"].items():
+            setattr(self.history, key, value)
+        set_rng_state(checkpoint["rng"], self.generators)
+        self.epoch = int(checkpoint["epoch"])
+        self.position = EpochPosition(**checkpoint["position"]) if checkpoint.get("position") is not None else None
+        if self.position is not None:
+            self.generators.shuffle.set_state(self.position.shuffle_state)

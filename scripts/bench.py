@@ -228,16 +228,17 @@ def ours(overrides: list[str], device: torch.device) -> dict:
 def synthetic_ceiling(overrides: list[str], steps: int, device: torch.device) -> dict:
     """imbench's train step (all switches as configured) on one random uint8 batch already on the
     device: the rate the GPU reaches when the input pipeline costs nothing."""
-    from imbalance_bench import train as T
+    from imbalance_bench import build as T
+    from imbalance_bench.distributed import World
     from imbalance_bench.step import Precision, TrainStep
 
     cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         T.seed_everything(cfg.seed)
-        data = T.build_data(cfg, Path(run_dir))
-        switches = T.resolve_switches(cfg, device, data)
+        data = T.build_data(cfg, Path(run_dir), World())
+        switches = T.resolve_switches(cfg, device, data, World())
         criterion, _ = T.build_loss(cfg, data, device)
-        model = T.build_model(cfg, data, criterion, device, switches.channels_last)
+        model = T.build_model(cfg, data, criterion, device, switches.channels_last, World())
         optimizer, _ = T.build_optimizer(cfg, model, criterion, switches)
     precision = Precision(device, switches.amp, cfg.trainer.amp_dtype)
     step = TrainStep(model, criterion, optimizer, precision, switches.channels_last, switches.cuda_graphs)

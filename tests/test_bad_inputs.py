@@ -218,19 +218,20 @@ def write_dataset(kind: str, root: Path) -> list[str]:
 def interrupted_run(compose_cfg, overrides: list[str], run_dir: Path, monkeypatch) -> None:
     """Train `overrides` in `run_dir` and stop it by SIGTERM after its first epoch, as a pre-empted
     job leaves it: last.pt (unfinished), best.pt, summary.csv, dataset_stats.json, no metrics.json."""
-    import imbalance_bench.train as train_module
+    import imbalance_bench.loop as loop_module
+    from imbalance_bench.train import run
 
-    original = train_module.train_one_epoch
+    original = loop_module.train_one_epoch
 
     def then_signal(*args, **kwargs):
         result = original(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(train_module, "train_one_epoch", then_signal)
+    monkeypatch.setattr(loop_module, "train_one_epoch", then_signal)
     with pytest.raises(Interrupted):
-        train_module.run(compose_cfg(overrides), run_dir)
-    monkeypatch.setattr(train_module, "train_one_epoch", original)
+        run(compose_cfg(overrides), run_dir)
+    monkeypatch.setattr(loop_module, "train_one_epoch", original)
     assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
 
 

@@ -186,7 +186,7 @@ def _stateful_loss_steps(world: World, counts: list[int]) -> dict:
     TrainStep and the DDP wrapper, then the loop's epoch end: counters summed, ratios updated."""
     from imbalance_bench.losses import create_loss
     from imbalance_bench.step import Precision, TrainStep
-    from imbalance_bench.train import wrap_for_ddp
+    from imbalance_bench.build import wrap_for_ddp
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
@@ -468,11 +468,8 @@ def test_resumed_processes_count_the_checkpoints_epoch_counts_once():
     """A checkpoint written inside an epoch holds PLM's histograms summed over the processes: on
     resume rank 0 carries them on and the others start from zero, so the epoch-end sum is the
     whole run's count whatever the number of processes."""
-    from dataclasses import asdict
-
-    from imbalance_bench.checkpoint import Generators, rng_state
+    from imbalance_bench.checkpoint import Generators, History, TrainState
     from imbalance_bench.losses import create_loss
-    from imbalance_bench.train import History, restore
 
     def fresh():
         model = torch.nn.Linear(2, 3)
@@ -486,12 +483,12 @@ def test_resumed_processes_count_the_checkpoints_epoch_counts_once():
     criterion.hist_pos.fill_(3)
     criterion.kept_neg.fill_(2)
     generators = Generators.seeded(0, torch.device("cpu"))
-    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "scaler": scaler.state_dict(), "loss": criterion.state_dict(), "rng": rng_state(generators),
-                  "history": asdict(History(monitor="map")), "epoch": 1, "step": 4}
+    checkpoint = TrainState(model, optimizer, scheduler, scaler, criterion, generators, History(monitor="map", steps=4),
+                            epoch=1).state_dict(config={})
     for world, count in ((World(0, 2), 3), (World(1, 2), 0), (World(), 3)):
         model, optimizer, scheduler, scaler, criterion = fresh()
-        restore(checkpoint, model, optimizer, scheduler, scaler, criterion, generators, History(monitor="map"), world)
+        state = TrainState(model, optimizer, scheduler, scaler, criterion, generators, History(monitor="map"))
+        state.load_state_dict(checkpoint, carry_counts=world.is_main)
         assert criterion.hist_pos.eq(count).all() and criterion.kept_neg.eq(2 if count else 0).all()
         assert criterion.target_ratio.tolist() == pytest.approx([5 / 4, 2 / 7, 1 / 8])  # state, not counts: kept
 

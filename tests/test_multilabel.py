@@ -173,16 +173,16 @@ def test_dfl_learnable_gamma_is_trained_logged_and_saved(compose_cfg, data_root,
 
 
 def test_cb_weights_from_positive_counts_reach_a_multi_label_loss(compose_cfg, data_root, tmp_path, monkeypatch):
-    import imbalance_bench.train as train_module
+    import imbalance_bench.loop as loop_module
 
     seen = []
-    original = train_module.train_one_epoch
+    original = loop_module.train_one_epoch
 
-    def spy(cfg, data, model, criterion, weights, *rest):
+    def spy(run, state, loader, train_step, weights, *rest):
         seen.append(weights.clone())
-        return original(cfg, data, model, criterion, weights, *rest)
+        return original(run, state, loader, train_step, weights, *rest)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", spy)
+    monkeypatch.setattr(loop_module, "train_one_epoch", spy)
     cfg = compose_cfg([*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=bce", "reweight=cb", "reweight.beta=0.99",
                        *SMOKE])
     run(cfg, tmp_path)

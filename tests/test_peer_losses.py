@@ -25,7 +25,7 @@ from imbalance_bench.losses import (
     softmax_cross_entropy,
 )
 from imbalance_bench.models import NormedLinear, classifier_of, create_model, use_normed_classifier
-from imbalance_bench.train import init_classifier_bias
+from imbalance_bench.build import init_classifier_bias
 
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
@@ -256,21 +256,22 @@ def test_softmax_losses_refuse_multi_label_data(compose_cfg, name):
 
 
 def test_ldam_drw_runs_with_a_cosine_head(compose_cfg, data_root, tmp_path, monkeypatch):
+    import imbalance_bench.loop as loop_module
     import imbalance_bench.train as train_module
 
     models, weights = [], []
-    build_model, train_one_epoch = train_module.build_model, train_module.train_one_epoch
+    build_model, train_one_epoch = train_module.build_model, loop_module.train_one_epoch
 
     def keep_model(*args):
         models.append(build_model(*args))
         return models[-1]
 
-    def keep_weights(cfg, data, model, criterion, epoch_weights, *rest):
+    def keep_weights(run, state, loader, train_step, epoch_weights, *rest):
         weights.append(epoch_weights)
-        return train_one_epoch(cfg, data, model, criterion, epoch_weights, *rest)
+        return train_one_epoch(run, state, loader, train_step, epoch_weights, *rest)
 
     monkeypatch.setattr(train_module, "build_model", keep_model)
-    monkeypatch.setattr(train_module, "train_one_epoch", keep_weights)
+    monkeypatch.setattr(loop_module, "train_one_epoch", keep_weights)
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "loss=ldam", "reweight=cb",
                        "reweight.start_epoch=1", "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=128"])
     metrics = train_module.run(cfg, tmp_path)

@@ -38,9 +38,10 @@ from imbalance_bench.config import (
     MAX_WORKERS, RULES, SEED_MAX, CONFIG_GROUPS, check_combinations, validate,
 )
 from imbalance_bench.errors import ConfigError
-from imbalance_bench.train import (
+from imbalance_bench.build import (
     build_data, build_loaders, build_loss, build_model, build_optimizer, resolve_switches, seed_everything,
 )
+from imbalance_bench.distributed import World
 
 F = FLOAT32_MAX
 EXTREMES = (2**31, 2**32, 2**63, 1e39, 1e300, -1, 0)
@@ -297,19 +298,19 @@ class Walker:
         if data_key not in self.data:
             run_dir = self.roots["runs"] / str(len(self.data))
             run_dir.mkdir(parents=True)
-            self.data[data_key] = build_data(cfg, run_dir)
+            self.data[data_key] = build_data(cfg, run_dir, World())
         data = self.data[data_key]
-        switches = resolve_switches(cfg, CPU, data)
+        switches = resolve_switches(cfg, CPU, data, World())
         criterion, reweighting = build_loss(cfg, data, CPU)
         weights = reweighting.weights_for_epoch(reweighting.start_epoch, data.train_class_counts)
         assert weights is None or torch.isfinite(weights).all()
         model_key = json.dumps([OmegaConf.to_container(cfg.model), data.num_classes, data.in_chans, cfg.trainer.dtype,
                                 type(criterion).__name__, criterion.normalized_classifier, criterion.sigmoid_head])
         if model_key not in self.models:
-            self.models[model_key] = build_model(cfg, data, criterion, CPU, switches.channels_last)
+            self.models[model_key] = build_model(cfg, data, criterion, CPU, switches.channels_last, World())
         build_optimizer(cfg, self.models[model_key], criterion, switches)  # the optimiser and its scheduler
         generators = Generators.seeded(cfg.seed, CPU)
-        train_loader, test_loader = build_loaders(cfg, data, CPU, switches, generators.shuffle)
+        train_loader, test_loader = build_loaders(cfg, data, CPU, switches, generators.shuffle, World())
         if cfg.trainer.num_workers > MAX_WORKERS_DRAWN:
             return
         for loader, train in ((train_loader, True), (test_loader, False)):

@@ -17,7 +17,8 @@ from coco_files import write_coco
 from imbalance_bench.errors import EXIT_STOPPED
 from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import ConfigError, DataError
-from imbalance_bench.train import TrainingDiverged, run, run_job
+from imbalance_bench.loop import TrainingDiverged
+from imbalance_bench.train import run, run_job
 
 TIMING = ("train_time_s", "train_images_per_s")
 
@@ -72,14 +73,14 @@ def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp
 # `python -c` body: the CLI, killed with SIGKILL right after it writes its first last.pt (epoch 1)
 KILLED_AFTER_EPOCH_1 = """
 import os, signal, sys
-import imbalance_bench.train as train
+import imbalance_bench.loop as loop
 from imbalance_bench.cli import main
-write = train.save_checkpoint
+write = loop.save_checkpoint
 def write_then_die(path, content):
     write(path, content)
     if path.name == "last.pt":
         os.kill(os.getpid(), signal.SIGKILL)
-train.save_checkpoint = write_then_die
+loop.save_checkpoint = write_then_die
 main(sys.argv[1:])
 """
 

@@ -263,16 +263,16 @@ def test_a_signal_during_start_up_is_one_line_and_exit_75(tmp_path, signum, word
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
 def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path, imbench_in_process, monkeypatch,
                                                                  signum):
-    import imbalance_bench.train as train_module
+    import imbalance_bench.build as build_module
 
-    original = train_module.instantiate
+    original = build_module.instantiate
 
     def signal_during_dataset(node, **kwargs):
         if "_target_" in node and "data" in str(node["_target_"]):
             os.kill(os.getpid(), signum)
         return original(node, **kwargs)
 
-    monkeypatch.setattr(train_module, "instantiate", signal_during_dataset)
+    monkeypatch.setattr(build_module, "instantiate", signal_during_dataset)
     run_dir = tmp_path / "run"
     code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     assert code == EXIT_STOPPED

@@ -155,19 +155,20 @@ def stopped_run(compose_cfg, overrides: list[str], run_dir: Path, monkeypatch) -
     """Train `overrides` in `run_dir` and send SIGTERM as its second epoch starts: the run stops after
     that epoch's first step, so last.pt holds every part of a checkpoint, the position inside the
     epoch included."""
-    import imbalance_bench.train as train_module
+    import imbalance_bench.loop as loop_module
+    from imbalance_bench.train import run
 
-    original = train_module.train_one_epoch
+    original = loop_module.train_one_epoch
 
-    def second_epoch_signalled(*args, **kwargs):
-        if args[8] == 1:  # the epoch (0-based)
+    def second_epoch_signalled(run_context, state, loader, train_step, weights, epoch, *rest):
+        if epoch == 1:  # 0-based
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args, **kwargs)
+        return original(run_context, state, loader, train_step, weights, epoch, *rest)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", second_epoch_signalled)
+    monkeypatch.setattr(loop_module, "train_one_epoch", second_epoch_signalled)
     with pytest.raises(Interrupted, match=r"after step \d+ \(epoch 2\)"):
-        train_module.run(compose_cfg(overrides), run_dir)
-    monkeypatch.setattr(train_module, "train_one_epoch", original)
+        run(compose_cfg(overrides), run_dir)
+    monkeypatch.setattr(loop_module, "train_one_epoch", original)
 
 
 #: (overrides, the loss state in last.pt): LDAM's margins follow from the class counts and are not saved

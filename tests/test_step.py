@@ -17,7 +17,8 @@ from imbalance_bench.losses import create_loss
 from imbalance_bench.models import create_model
 from imbalance_bench.schedulers import warmup_multistep
 from imbalance_bench.step import Precision, TrainStep, current_lr, learning_rates_on_device
-from imbalance_bench.train import LossTracker, TrainingDiverged
+from imbalance_bench.distributed import World
+from imbalance_bench.loop import LossTracker, TrainingDiverged
 
 CPU = torch.device("cpu")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -143,13 +144,13 @@ def test_tensor_learning_rate_follows_the_schedule():
 
 
 def test_loss_tracker_reads_back_in_groups_and_names_the_bad_step():
-    tracker = LossTracker(sync_every=3, epoch=0, lr=0.1)
+    tracker = LossTracker(sync_every=3, epoch=0, lr=0.1, world=World())
     values = [1.0, 2.0, 3.0, 4.0]
     flushed = [tracker.add(torch.tensor(v), 2, step) for step, v in enumerate(values, start=1)]
     assert flushed == [False, False, True, False] and tracker.seen == 6
     tracker.flush()
     assert tracker.mean == pytest.approx(sum(values) / 4)
-    tracker = LossTracker(sync_every=4, epoch=2, lr=0.5)
+    tracker = LossTracker(sync_every=4, epoch=2, lr=0.5, world=World())
     for step, v in enumerate([1.0, float("nan"), 2.0], start=11):
         tracker.add(torch.tensor(v), 2, step)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 12 \(epoch 3\); lower optimizer.lr \(now 0.5\)"):

@@ -10,7 +10,8 @@ import torch
 from conftest import SMOKE
 from imbalance_bench.losses import create_loss
 from imbalance_bench.models import create_model
-from imbalance_bench.train import init_classifier_bias, run
+from imbalance_bench.build import init_classifier_bias
+from imbalance_bench.train import run
 
 
 def test_run_returns_what_it_writes(compose_cfg, data_root, tmp_path):
@@ -51,17 +52,17 @@ def test_sigmoid_heads_start_at_the_prior():
 
 
 def test_deferred_reweighting_reaches_the_loss(compose_cfg, data_root, tmp_path, monkeypatch):
-    import imbalance_bench.train as train_module
+    import imbalance_bench.loop as loop_module
     from imbalance_bench.losses import class_balanced_weights
 
     seen = []
-    original = train_module.train_one_epoch
+    original = loop_module.train_one_epoch
 
-    def spy(cfg, data, model, criterion, weights, *rest):
+    def spy(run, state, loader, train_step, weights, *rest):
         seen.append(None if weights is None else weights.clone())
-        return original(cfg, data, model, criterion, weights, *rest)
+        return original(run, state, loader, train_step, weights, *rest)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", spy)
+    monkeypatch.setattr(loop_module, "train_one_epoch", spy)
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "trainer.max_steps=null",
                        "trainer.epochs=3", "reweight=cb", "reweight.beta=0.99", "reweight.start_epoch=2",
                        "trainer.batch_size=128"])
@@ -105,12 +106,13 @@ def test_amp_and_loader_workers_on_cpu(compose_cfg, data_root, tmp_path):
 
 
 def test_build_model_sets_the_sigmoid_prior(compose_cfg, data_root, tmp_path):
-    from imbalance_bench.train import build_data, build_loss, build_model
+    from imbalance_bench.build import build_data, build_loss, build_model
+    from imbalance_bench.distributed import World
 
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", "loss=bce", *SMOKE])
-    data = build_data(cfg, tmp_path)
+    data = build_data(cfg, tmp_path, World())
     criterion, _ = build_loss(cfg, data, torch.device("cpu"))
-    model = build_model(cfg, data, criterion, torch.device("cpu"))
+    model = build_model(cfg, data, criterion, torch.device("cpu"), False, World())
     assert torch.allclose(model.fc.bias, torch.full((10,), -math.log(9)))
 
 
