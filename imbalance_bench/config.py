@@ -211,9 +211,20 @@ class MultiMnistSchema:
 
     @staticmethod
     def cross_check(node: dict, root: dict, prefix: str) -> None:
+        from imbalance_bench.data.multimnist import DIGIT_SIZE, grid_side
+
         low, high = node["min_digits"], node["max_digits"]
         if high < low:
             raise ConfigError(f"dataset.max_digits={high} is not allowed: must be >= dataset.min_digits ({low})")
+        size, cells = node["canvas_size"], grid_side(node["canvas_size"])
+        if not node["overlap"] and high > cells * cells:  # without overlap, one digit per cell of the grid
+            need = DIGIT_SIZE * math.ceil(math.sqrt(high))
+            raise ConfigError(
+                f"dataset.max_digits={high} is not allowed with dataset.overlap=false and dataset.canvas_size={size}: "
+                f"that canvas has {cells}x{cells}={cells * cells} non-overlapping 28x28 cells; lower "
+                f"dataset.max_digits to <= {cells * cells}, raise dataset.canvas_size to >= {need}, or set "
+                "dataset.overlap=true"
+            )
         # MultiMNIST-LT generates its canvases and holds them in memory: at most MAX_CANVAS_BYTES
         size = node["canvas_size"]
         counts = {key: node[key] for key in ("num_train", "num_test")}

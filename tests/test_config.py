@@ -250,11 +250,20 @@ def test_bad_values_name_the_key(compose_cfg, override, key):
         (["optimizer=adamw", "optimizer.betas=[0.9,1.0]"], "^optimizer.betas=.* two numbers in"),
         (["optimizer.momentum=0", "optimizer.nesterov=true"], "^optimizer.nesterov=true .* momentum > 0"),
         (["metrics.few_shot_below=50", "metrics.many_shot_above=20"], "^metrics.few_shot_below=50 .* <= metrics"),
+        # MultiMNIST without overlap places one digit per 28x28 cell: 64 px holds a 2x2 grid
+        (["dataset=multimnist", "dataset.max_digits=5"], r"^dataset\.max_digits=5 is not allowed with "
+         r"dataset\.overlap=false and dataset\.canvas_size=64: .*2x2=4 .*dataset\.canvas_size to >= 84"),
+        (["dataset=coco", "dataset.head_count=10", "dataset.imbalance_factor=null"], "^dataset.head_count=10 is not allowed with dataset.imbalance_factor=null"),
     ],
 )
 def test_bad_combinations_name_the_key(compose_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose_cfg(overrides))
+
+
+def test_multimnist_digits_that_fill_the_grid_or_overlap_are_allowed(compose_cfg):
+    validate(compose_cfg(["dataset=multimnist", "dataset.max_digits=9", "dataset.canvas_size=84"]))  # 3x3 cells
+    validate(compose_cfg(["dataset=multimnist", "dataset.max_digits=10", "dataset.overlap=true"]))
 
 
 def test_scheduler_milestones_must_be_sorted(compose_cfg):

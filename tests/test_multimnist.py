@@ -271,17 +271,6 @@ def test_digit_counts_are_repaired_when_the_random_spread_is_infeasible():
 @pytest.mark.parametrize(
     "over,match",
     [
-        ({"canvas_size": 27}, r"^dataset\.canvas_size=27 is not allowed: must be an integer >= 28"),
-        ({"min_digits": 0}, r"^dataset\.min_digits=0 is not allowed: must be an integer >= 1"),
-        ({"min_digits": 3, "max_digits": 2},
-         r"^dataset\.max_digits=2 is not allowed: must be an integer in \[dataset\.min_digits=3, 10\]"),
-        ({"max_digits": 11, "overlap": True}, r"^dataset\.max_digits=11 is not allowed"),
-        ({"num_train": 0}, r"^dataset\.num_train=0 is not allowed: must be an integer >= 1"),
-        ({"num_test": 0}, r"^dataset\.num_test=0 is not allowed: must be an integer >= 1"),
-        ({"imbalance_factor": 0.5}, r"^dataset\.imbalance_factor=0\.5 is not allowed: must be a number >= 1"),
-        ({"seed": -1}, r"^dataset\.seed=-1 is not allowed: must be an integer >= 0"),
-        ({"max_digits": 5}, r"^dataset\.max_digits=5 is not allowed with dataset\.overlap=false and "
-                            r"dataset\.canvas_size=64: .*2x2=4 .*dataset\.canvas_size to >= 84"),
         ({"min_digits": 3, "imbalance_factor": 100.0},
          r"^dataset\.num_train=200 with dataset\.min_digits=3, dataset\.max_digits=4, dataset\.imbalance_factor=100\.0 "
          r"is infeasible: .*fewer than the 600 .*works: dataset\.min_digits=2"),

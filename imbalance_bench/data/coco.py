@@ -52,7 +52,6 @@ LAYOUT_HINT = (
     "put COCO 2017 under dataset.root as annotations/instances_train2017.json, "
     "annotations/instances_val2017.json, train2017/ and val2017/ (from https://cocodataset.org/#download)"
 )
-BAD_IMAGE_MODES = ("error", "skip")
 MAX_LISTED_BAD_IMAGES = 20
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # what torchvision.io.decode_image reads
@@ -438,19 +437,8 @@ class CocoSplit(torch.utils.data.Dataset):
         return batch, self.targets[torch.as_tensor(kept, dtype=torch.long)]
 
 
-def _check_options(image_size: int, imbalance_factor: float | None, bad_images: str, augment: dict, mean, std):
-    """ConfigErrors naming the key, for the options only COCO has."""
-    if bad_images not in BAD_IMAGE_MODES:
-        raise ConfigError(
-            f"dataset.bad_images={bad_images} is not allowed: must be one of {', '.join(BAD_IMAGE_MODES)}"
-        )
-    if not _is_int(image_size) or image_size < 16:
-        raise ConfigError(f"dataset.image_size={image_size} is not allowed: must be an integer >= 16")
-    if imbalance_factor is not None and not imbalance_factor >= 1:
-        raise ConfigError(f"dataset.imbalance_factor={imbalance_factor} is not allowed: must be null or a number >= 1")
-    scale = list(augment.get("scale", ()))
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ConfigError(f"dataset.augment.scale={scale} is not allowed: must be [lo, hi] with 0 < lo <= hi <= 1")
+def _check_channels(mean, std) -> None:
+    """COCO images have 3 channels: one mean and one std each (the ranges are the schema's)."""
     if len(mean) != 3 or len(std) != 3:
         raise ConfigError(f"dataset.mean/dataset.std must have 3 values for coco, got {len(mean)} and {len(std)}")
 
@@ -511,7 +499,7 @@ def build_coco(
 
     The limits draw a seeded random subset after the long-tail subsampling, from their own streams.
     """
-    _check_options(image_size, imbalance_factor, bad_images, augment, mean, std)
+    _check_channels(mean, std)
     root_path = Path(root).expanduser().resolve()
     _check_layout(root_path, download)
     annotations = {split: read_instances(root_path / ANNOTATION_FILES[split]) for split in ("train", "test")}

@@ -75,51 +75,12 @@ class MultiDigitSplit:
     digits: np.ndarray  # int64 (D, 5): DIGIT_COLUMNS, image-major, classes ascending per image
 
 
-# ---------------------------------------------------------------- key checks and profile
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+# ---------------------------------------------------------------- layout and profile
 
 
 def grid_side(canvas_size: int) -> int:
     """Cells per side of the non-overlapping layout: g = canvas_size // 28."""
     return canvas_size // DIGIT_SIZE
-
-
-def check_keys(canvas_size, min_digits, max_digits, num_train, num_test, imbalance_factor, overlap, seed) -> None:
-    """Range checks on the generation keys; a ConfigError names the first bad key."""
-
-    def bad(key: str, value: Any, allowed: str) -> ConfigError:
-        shown = str(value).lower() if isinstance(value, bool) else value
-        return ConfigError(f"dataset.{key}={shown} is not allowed: must be {allowed}")
-
-    if not _is_int(canvas_size) or canvas_size < DIGIT_SIZE:
-        raise bad("canvas_size", canvas_size, f"an integer >= {DIGIT_SIZE} (MNIST digits are 28x28)")
-    if not _is_int(min_digits) or min_digits < 1:
-        raise bad("min_digits", min_digits, "an integer >= 1")
-    if not _is_int(max_digits) or not min_digits <= max_digits <= NUM_CLASSES:
-        raise bad("max_digits", max_digits, f"an integer in [dataset.min_digits={min_digits}, 10] "
-                  "(an image holds each digit class at most once)")
-    for key, value in (("num_train", num_train), ("num_test", num_test)):
-        if not _is_int(value) or value < 1:
-            raise bad(key, value, "an integer >= 1")
-    if not isinstance(imbalance_factor, (int, float)) or isinstance(imbalance_factor, bool) \
-            or not math.isfinite(imbalance_factor) or imbalance_factor < 1:
-        raise bad("imbalance_factor", imbalance_factor, "a number >= 1 (1 = balanced)")
-    if not isinstance(overlap, (bool, np.bool_)):
-        raise bad("overlap", overlap, "true or false")
-    if not _is_int(seed) or seed < 0:
-        raise bad("seed", seed, "an integer >= 0")
-    cells = grid_side(canvas_size)
-    if not overlap and max_digits > cells * cells:
-        need = DIGIT_SIZE * math.ceil(math.sqrt(max_digits))
-        raise ConfigError(
-            f"dataset.max_digits={max_digits} is not allowed with dataset.overlap=false and "
-            f"dataset.canvas_size={canvas_size}: that canvas has {cells}x{cells}={cells * cells} "
-            f"non-overlapping 28x28 cells; lower dataset.max_digits to <= {cells * cells}, raise "
-            f"dataset.canvas_size to >= {need}, or set dataset.overlap=true"
-        )
 
 
 def label_quota(num_images: int, imbalance_factor: float, min_digits: int, max_digits: int) -> list[int]:
@@ -379,8 +340,8 @@ def load_cache(path: Path, key_json: str, expected: dict[str, tuple[int, list[in
 def build_multimnist(name: str, root: str, download: bool, canvas_size: int, min_digits: int, max_digits: int,
                      num_train: int, num_test: int, imbalance_factor: float, overlap: bool, seed: int,
                      augment: dict, mean: list[float], std: list[float]) -> DataBundle:
-    """MultiMNIST-LT (see the module docstring): generated from real MNIST, or read from its cache."""
-    check_keys(canvas_size, min_digits, max_digits, num_train, num_test, imbalance_factor, overlap, seed)
+    """MultiMNIST-LT (see the module docstring): generated from real MNIST, or read from its cache. The
+    keys are validated (config.MultiMnistSchema); whether their profile can be built is checked here."""
     if len(mean) != 1 or len(std) != 1:
         raise ConfigError(f"dataset.mean/dataset.std must have 1 value for {name}, got {len(mean)} and {len(std)}")
     quotas = {
