@@ -16,6 +16,10 @@ from dataset_files import write_cifar10, write_cifar100, write_mnist_from_digits
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 
+# The tests never reach the Hugging Face hub: huggingface_hub reads this when it is imported, and
+# the processes the tests start inherit it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # Overrides that shrink any run to a CPU smoke test.
 SMOKE = ["trainer.device=cpu", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=16",
          "trainer.progress_bar=false", "trainer.num_workers=0"]
@@ -80,6 +84,20 @@ def imbench(tmp_path):
     return _run
 
 
+def reproduce_script_args(words: list[str], shim_dir: Path) -> list[str]:
+    """The arguments `scripts/reproduce_*.sh ARGS` (`words`) passes to `python -m imbalance_bench.reproduce`,
+    as bash expands them: the script runs for real, with $IMBENCH_PYTHON a stand-in (written into
+    `shim_dir`) that prints its arguments."""
+    shim = shim_dir / "print_args"
+    shim.write_text("#!/bin/sh\nprintf '%s\\0' \"$@\"\n")
+    shim.chmod(0o755)
+    out = subprocess.run(["bash", str(REPO / words[0]), *words[1:]], capture_output=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "IMBENCH_PYTHON": str(shim)}).stdout
+    args = out.decode().split("\0")[:-1]
+    assert args[:2] == ["-m", "imbalance_bench.reproduce"], args
+    return args[2:]
+
+
 def exit_code(main, args) -> int:
     """Call a console entry point's `main(args)` in this process; its exit code (0 when it returns)."""
     try:
@@ -89,31 +107,37 @@ def exit_code(main, args) -> int:
     return 0
 
 
-@pytest.fixture
-def imbench_in_process(tmp_path, monkeypatch, capsys):
-    """Call `imbench ARGS` (cli.main) in this process from a fresh working directory; returns (exit
-    code, stderr), and keeps the last call's stdout as `.stdout`. Hydra's global state and the logging
-    handlers it configures are put back after."""
+def imbench_main(args) -> int:
+    """`imbench ARGS` (cli.main) in this process, with pytest's arguments out of sys.argv; its exit code.
+    Hydra's global state and the logging handlers it configures are put back after."""
     from hydra.core.global_hydra import GlobalHydra
 
     from imbalance_bench import cli
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level, argv = list(root.handlers), root.level, sys.argv
+    sys.argv = [argv[0]]
+    try:
+        return exit_code(cli.main, args)
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+
+
+@pytest.fixture
+def imbench_in_process(tmp_path, monkeypatch, capsys):
+    """Call `imbench ARGS` (cli.main) in this process from a fresh working directory; returns (exit
+    code, stderr), and keeps the last call's stdout as `.stdout`."""
+    monkeypatch.chdir(tmp_path)
 
     def _run(*args) -> tuple[int, str]:
         capsys.readouterr()
-        try:
-            code = exit_code(cli.main, args)
-        finally:
-            GlobalHydra.instance().clear()
-            for handler in root.handlers[:]:
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.setLevel(level)
+        code = imbench_main(args)
         captured = capsys.readouterr()
         _run.stdout = captured.out
         return code, captured.err

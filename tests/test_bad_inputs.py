@@ -2,10 +2,10 @@
 checkpoint file, a signal), and each asserts the exit code, the one line that names the key or
 file, that no traceback is printed, and that the files already in the run directory are intact.
 
-Config mistakes are caught before Hydra starts, so they run in-process through `cli.main`;
-a case that got past the pre-flight checks fails the test instead of starting a run. Mistakes
-found at run time (files, signals) run the real command in a subprocess against a run directory
-that holds an interrupted earlier run of the same config.
+Every case runs in-process through `cli.main`. Config mistakes are caught before Hydra starts; a
+case that got past the pre-flight checks fails the test instead of starting a run. Mistakes found
+at run time (files, signals) run against a run directory that holds an interrupted earlier run of
+the same config. (The real command stopped by a signal from outside: test_resume, test_run_dir.)
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from coco_files import write_coco
-from conftest import IMBENCH, imbench_environment, run_imbench
+from conftest import SMOKE, imbench_main
 from dataset_files import write_cifar10, write_mnist_from_digits
 from imbalance_bench import cli
 from imbalance_bench.errors import EXIT_STOPPED
@@ -130,9 +128,11 @@ CONFIG_CASES = [
 def earlier_outputs(tmp_path_factory, data_root) -> Path:
     """A working directory whose outputs/ holds a finished run (checkpoints, metrics, logs)."""
     cwd = tmp_path_factory.mktemp("cwd")
-    proc = run_imbench(["dataset=cifar10_lt", f"dataset.root={data_root}", "trainer.device=cpu", "trainer.epochs=1",
-                        "trainer.batch_size=32", "trainer.progress_bar=false", "hydra.run.dir=outputs/earlier"], cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        code = imbench_main(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE,
+                             "hydra.run.dir=outputs/earlier"])
+    assert code == 0
     assert (cwd / "outputs" / "earlier" / "checkpoints" / "best.pt").is_file()
     return cwd
 
@@ -294,7 +294,8 @@ FILE_CASES = [
 
 
 @pytest.mark.parametrize("case, spec", FILE_CASES, ids=[name for name, _ in FILE_CASES])
-def test_a_damaged_file_is_one_line_and_the_earlier_run_is_intact(compose_cfg, tmp_path, monkeypatch, case, spec):
+def test_a_damaged_file_is_one_line_and_the_earlier_run_is_intact(compose_cfg, tmp_path, monkeypatch,
+                                                                   imbench_in_process, case, spec):
     kind, target, damage, expected = spec
     overrides = [*write_dataset(kind, tmp_path / "data"), *TINY]
     run_dir = tmp_path / "run"
@@ -304,10 +305,10 @@ def test_a_damaged_file_is_one_line_and_the_earlier_run_is_intact(compose_cfg, t
     damage(path)
     before = snapshot(run_dir)
 
-    proc = run_imbench([*overrides, f"hydra.run.dir={run_dir}"], tmp_path)
+    code, err = imbench_in_process(*overrides, f"hydra.run.dir={run_dir}")
 
-    assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
-    line = assert_one_line(proc.stderr, expected)
+    assert code == EXIT_USER_ERROR, err[-3000:]
+    line = assert_one_line(err, expected)
     assert str(path) in line or path.name in line
     after = snapshot(run_dir)
     assert {name: after.get(name) for name in before} == before  # every earlier file as it was
@@ -319,8 +320,6 @@ def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(dat
                                                                               imbench_in_process):
     """Different overrides in a finished run's directory: refused with one line before Hydra's or the
     run's files are written, so every file, .hydra/ and imbench.log included, stays byte for byte."""
-    from conftest import SMOKE
-
     run_dir = tmp_path / "run"
     overrides = [*SMOKE, f"dataset.root={data_root}", "dataset.limit_train=200", "dataset.limit_test=50",
                  "loss=focal", f"hydra.run.dir={run_dir}"]
@@ -336,28 +335,32 @@ def test_a_run_of_another_config_in_a_finished_run_directory_changes_no_file(dat
     assert snapshot(run_dir) == before
 
 
-def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, tmp_path, monkeypatch):
-    """SIGTERM while a resumed run trains: exit 75 and one line; last.pt moves on (it is rewritten
-    atomically, never half-written), best.pt and the earlier summary rows stay readable."""
-    overrides = [*write_dataset("mnist", tmp_path / "data"), *TINY, "trainer.epochs=30"]
+def test_sigterm_during_a_resumed_run_keeps_every_checkpoint_whole(compose_cfg, tmp_path, monkeypatch,
+                                                                   imbench_in_process):
+    """SIGTERM while a resumed run trains (sent once it has checkpointed an epoch of its own): exit 75
+    and one line; last.pt moves on (it is rewritten atomically, never half-written), best.pt and the
+    earlier summary rows stay readable."""
+    import imbalance_bench.loop as loop_module
+
+    overrides = [*write_dataset("mnist", tmp_path / "data"), *TINY, "trainer.epochs=4"]
     run_dir = tmp_path / "run"
     interrupted_run(compose_cfg, overrides, run_dir, monkeypatch)
     last = run_dir / "checkpoints" / "last.pt"
     first_rows = (run_dir / "summary.csv").read_text()
-    stamp = last.stat().st_mtime_ns
 
-    proc = subprocess.Popen(
-        [*IMBENCH, *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=imbench_environment(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 240
-    while last.stat().st_mtime_ns == stamp and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # until the resumed run has checkpointed an epoch of its own
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    write, sent = loop_module.save_checkpoint, []
 
-    assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
-    assert_one_line(stderr, "SIGTERM after ", f"checkpoint {last}", "run the same command again to resume",
+    def write_then_signal(path, content):
+        write(path, content)
+        if path.name == "last.pt" and not sent:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", write_then_signal)
+    code, err = imbench_in_process(*overrides, f"hydra.run.dir={run_dir}")
+
+    assert sent and code == EXIT_STOPPED, err[-3000:]
+    assert_one_line(err, "SIGTERM after ", f"checkpoint {last}", "run the same command again to resume",
                     prefix="imbench: stopped by ")
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] >= 2 and checkpoint["history"]["epochs"][0]["epoch"] == 1

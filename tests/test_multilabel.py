@@ -1,5 +1,6 @@
-"""Multi-label runs through the one training loop: MultiMNIST-LT and COCO end to end, DFL's
-learnable gamma and PLM's ratios in TensorBoard and the checkpoint, CB weights from positives."""
+"""Multi-label runs through the one training loop: MultiMNIST-LT and COCO end to end (in-process
+through cli.main), DFL's learnable gamma and PLM's ratios in TensorBoard and the checkpoint, CB
+weights from positives."""
 
 import json
 
@@ -26,12 +27,12 @@ def coco_root(tmp_path_factory):
     return root
 
 
-def test_multimnist_plm_end_to_end(imbench, data_root, tmp_path):
+def test_multimnist_plm_end_to_end(imbench_in_process, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = imbench("experiment=plm_multimnist", *TINY_MULTIMNIST, f"dataset.root={data_root}", "loss.base=focal",
-                   *SMOKE, "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=32",
-                   f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = imbench_in_process("experiment=plm_multimnist", *TINY_MULTIMNIST, f"dataset.root={data_root}",
+                                   "loss.base=focal", *SMOKE, "trainer.epochs=2", "trainer.max_steps=null",
+                                   "trainer.batch_size=32", f"hydra.run.dir={run_dir}")
+    assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["label_kind"] == "multi" and metrics["monitor"] == "map" and metrics["loss"] == "plm"
     for key in MULTI_LABEL_KEYS:
@@ -52,20 +53,21 @@ def test_multimnist_plm_end_to_end(imbench, data_root, tmp_path):
     assert stats["label_kind"] == "multi" and stats["cache"] == "created"
     assert stats["train_counts"] == stats["profile_counts"]  # positives per class follow the exp profile exactly
     assert stats["realised_imbalance"] == pytest.approx(10, rel=0.15)
-    assert "mAP" in proc.stdout + proc.stderr  # the summary table
+    assert "mAP" in imbench_in_process.stdout + err  # the summary table
 
-    again = imbench(*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=bce", *SMOKE, f"hydra.run.dir={tmp_path / 'again'}")
-    assert again.returncode == 0, again.stderr[-3000:]
+    code, err = imbench_in_process(*TINY_MULTIMNIST, f"dataset.root={data_root}", "loss=bce", *SMOKE,
+                                   f"hydra.run.dir={tmp_path / 'again'}")
+    assert code == 0, err[-3000:]
     assert json.loads((tmp_path / "again" / "dataset_stats.json").read_text())["cache"] == "reused"
 
 
-def test_coco_resnet50_one_step(imbench, coco_root, tmp_path):
+def test_coco_resnet50_one_step(imbench_in_process, coco_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = imbench("dataset=coco", "model=resnet50", "loss=focal", "reweight=cb", f"dataset.root={coco_root}",
-                   "dataset.image_size=64",
-                   "trainer.max_steps=1", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.batch_size=8",
-                   "trainer.epochs=1", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = imbench_in_process("dataset=coco", "model=resnet50", "loss=focal", "reweight=cb",
+                                   f"dataset.root={coco_root}", "dataset.image_size=64", "trainer.max_steps=1",
+                                   "trainer.device=cpu", "trainer.progress_bar=false", "trainer.batch_size=8",
+                                   "trainer.epochs=1", f"hydra.run.dir={run_dir}")
+    assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     stats = json.loads((run_dir / "dataset_stats.json").read_text())
     assert metrics["steps"] == 1 and metrics["model"] == "resnet50" and metrics["label_kind"] == "multi"
@@ -101,29 +103,29 @@ def test_plm_multimnist_preset_sets_its_shot_cut_offs(compose_cfg):
     assert compose_cfg(["experiment=plm_multimnist", "metrics.many_shot_above=50"]).metrics.many_shot_above == 50
 
 
-def test_focal_coco_f2_preset_runs_with_resnet101(imbench, coco_root, tmp_path):
+def test_focal_coco_f2_preset_runs_with_resnet101(imbench_in_process, coco_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = imbench("experiment=focal_coco_f2", "model=resnet101", "model.pretrained=false", f"dataset.root={coco_root}",
-                   "dataset.image_size=32", *SMOKE, "trainer.max_steps=1", "trainer.batch_size=4",
-                   f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = imbench_in_process("experiment=focal_coco_f2", "model=resnet101", "model.pretrained=false",
+                                   f"dataset.root={coco_root}", "dataset.image_size=32", *SMOKE, "trainer.max_steps=1",
+                                   "trainer.batch_size=4", f"hydra.run.dir={run_dir}")
+    assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["model"] == "resnet101" and metrics["monitor"] == "mean_f2" and metrics["steps"] == 1
 
 
-def test_coco_missing_image_is_one_line(imbench, tmp_path):
+def test_coco_missing_image_is_one_line(imbench_in_process, tmp_path):
     root = write_coco(tmp_path / "coco")
     victim = next((root / "train2017").iterdir())
     victim.unlink()
-    proc = imbench("dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32", *SMOKE,
-                   f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imbench: error: ") and victim.name in lines[0], proc.stderr
+    code, err = imbench_in_process("dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32", *SMOKE,
+                                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imbench: error: ") and victim.name in lines[0], err
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_coco_truncated_jpeg_in_a_loader_worker(imbench, tmp_path):
+def test_coco_truncated_jpeg_in_a_loader_worker(imbench_in_process, tmp_path):
     """A JPEG whose header reads but whose body is cut passes the load-time check and fails in a
     DataLoader worker: one line naming it, or with bad_images=skip a warning and a finished run."""
     root = write_coco(tmp_path / "coco")
@@ -131,14 +133,14 @@ def test_coco_truncated_jpeg_in_a_loader_worker(imbench, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-64])
     args = ["dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32", *SMOKE, "trainer.num_workers=1",
             "trainer.batch_size=64"]
-    proc = imbench(*args, f"hydra.run.dir={tmp_path / 'error'}")
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+    code, err = imbench_in_process(*args, f"hydra.run.dir={tmp_path / 'error'}")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith(f"imbench: error: {victim}: unreadable image")
-    skipped = imbench(*args, "dataset.bad_images=skip", f"hydra.run.dir={tmp_path / 'skip'}")
-    assert skipped.returncode == 0, skipped.stderr[-3000:]
-    assert f"{victim}: unreadable image" in skipped.stdout + skipped.stderr
+    code, err = imbench_in_process(*args, "dataset.bad_images=skip", f"hydra.run.dir={tmp_path / 'skip'}")
+    assert code == 0, err[-3000:]
+    assert f"{victim}: unreadable image" in (tmp_path / "skip" / "imbench.log").read_text()  # logged by the worker
     assert (tmp_path / "skip" / "metrics.json").is_file()
 
 
@@ -191,11 +193,11 @@ def test_cb_weights_from_positive_counts_reach_a_multi_label_loss(compose_cfg, d
     assert torch.allclose(seen[0], class_balanced_weights(positives, 0.99))
 
 
-def test_single_label_monitor_on_multi_label_data_is_refused(imbench, data_root, tmp_path):
-    proc = imbench(*TINY_MULTIMNIST, "loss=bce", f"dataset.root={data_root}", "trainer.monitor=top1", *SMOKE,
-                   f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+def test_single_label_monitor_on_multi_label_data_is_refused(imbench_in_process, data_root, tmp_path):
+    code, err = imbench_in_process(*TINY_MULTIMNIST, "loss=bce", f"dataset.root={data_root}", "trainer.monitor=top1",
+                                   *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2
+    assert err.strip().splitlines() == [
         "imbench: error: trainer.monitor=top1 is not allowed for multi-label data: "
         "must be auto or one of map, mean_f2, macro_f1, macro_f2, precision_at_1, precision_at_5"
     ]

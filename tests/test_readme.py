@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import exit_code
+from conftest import exit_code, reproduce_script_args
 from imbalance_bench import cli, report_cli, reproduce
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,20 +67,6 @@ def imbench_args(command: str) -> list[str]:
     raise AssertionError(command)
 
 
-def script_args(command: str, tmp_path: Path) -> list[str]:
-    """The arguments a reproduce script passes to `python -m imbalance_bench.reproduce`, as bash expands
-    them: the script runs for real, with $IMBENCH_PYTHON a stand-in that prints its arguments."""
-    shim = tmp_path / "print_args"
-    shim.write_text("#!/bin/sh\nprintf '%s\\0' \"$@\"\n")
-    shim.chmod(0o755)
-    words = shlex.split(command)
-    out = subprocess.run(["bash", str(REPO / words[0]), *words[1:]], capture_output=True, check=True,
-                         env={"PATH": "/usr/bin:/bin", "IMBENCH_PYTHON": str(shim)}).stdout
-    args = out.decode().split("\0")[:-1]
-    assert args[:2] == ["-m", "imbalance_bench.reproduce"], args
-    return args[2:]
-
-
 @pytest.mark.parametrize("command", COMMANDS, ids=[c[:60] for c in COMMANDS])
 def test_each_readme_command_passes_preflight(command, tmp_path, monkeypatch, capsys, imbench_in_process):
     monkeypatch.chdir(tmp_path)  # the run folders it checks are relative to the working directory
@@ -90,7 +75,7 @@ def test_each_readme_command_passes_preflight(command, tmp_path, monkeypatch, ca
         assert args.paths
         return
     if command.startswith("scripts/"):
-        args = script_args(command, tmp_path)
+        args = reproduce_script_args(shlex.split(command), tmp_path)
         code = exit_code(reproduce.main, [*args, "--dry-run"])  # every job of every sweep composed and validated
         captured = capsys.readouterr()
         assert code == 0, f"{command}: exit {code}: {captured.err.strip()}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, SMOKE, exit_code
+from conftest import REPO, SMOKE, exit_code, reproduce_script_args
 from imbalance_bench.config import validate
 from imbalance_bench.reference import load_reference, lookup
 from imbalance_bench.report import method_keys
@@ -26,6 +26,35 @@ def run_script(name: str, *args: str, cwd: Path | None = None, timeout: float = 
     env.pop("IMBENCH_DATA_ROOT", None)
     return subprocess.run(["bash", str(SCRIPTS / f"reproduce_{name}.sh"), *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def reproduce_in_process(tmp_path, monkeypatch, capsys):
+    """`reproduce.main(ARGS)` in this process from tmp_path; returns (exit code, stdout, stderr)."""
+    from imbalance_bench import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMBENCH_DATA_ROOT", raising=False)
+
+    def _run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = exit_code(reproduce.main, args)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return _run
+
+
+@pytest.fixture
+def script_in_process(tmp_path_factory, reproduce_in_process):
+    """`scripts/reproduce_NAME.sh ARGS` with its `python -m imbalance_bench.reproduce` in this process:
+    bash expands the script's arguments, `reproduce.main` takes them; returns (exit code, stdout, stderr)."""
+    shim_dir = tmp_path_factory.mktemp("shim")
+
+    def _run(name: str, *args: str) -> tuple[int, str, str]:
+        return reproduce_in_process(*reproduce_script_args([f"scripts/reproduce_{name}.sh", *args], shim_dir))
+
+    return _run
 
 
 def listed_runs(stdout: str) -> list[str]:
@@ -47,16 +76,17 @@ def method_of(cfg) -> dict:
 @pytest.mark.parametrize("table, runs", [pytest.param("cui2019_table2", 72, marks=pytest.mark.slow),
                                          pytest.param("cao2019_table2", 48, marks=pytest.mark.slow),
                                          ("plm_multimnist", 4), ("focal_coco_f2", 6)])
-def test_dry_run_prints_every_run_and_the_count(table, runs, tmp_path):
-    result = run_script(table, "--dry-run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = listed_runs(result.stdout)
+def test_dry_run_prints_every_run_and_the_count(table, runs, tmp_path, script_in_process):
+    code, out, err = script_in_process(table, "--dry-run")
+    assert code == 0, err
+    lines = listed_runs(out)
     assert len(lines) == runs and len(set(lines)) == runs
-    assert result.stdout.rstrip().splitlines()[-1] == f"{runs} runs"
+    assert out.rstrip().splitlines()[-1] == f"{runs} runs"
     assert not list(tmp_path.iterdir())  # a dry run launches and writes nothing
 
 
 def test_dry_run_seeds_multiply_the_runs_and_overrides_reach_every_run(tmp_path):
+    """The script for real (bash, then the Python it finds, in a process of its own)."""
     result = run_script("plm_multimnist", "--dry-run", "--seeds", "0,1,2", "dataset.num_train=600", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("12 runs")
@@ -67,8 +97,8 @@ def test_dry_run_seeds_multiply_the_runs_and_overrides_reach_every_run(tmp_path)
         "loss=bce reweight=none", "loss=bce reweight=cb", "loss=plm reweight=none", "loss=plm reweight=cb"}
 
 
-def test_cui_table_covers_every_cell_of_the_published_table(tmp_path):
-    runs = listed_runs(run_script("cui2019_table2", "--dry-run", cwd=tmp_path).stdout)
+def test_cui_table_covers_every_cell_of_the_published_table(script_in_process):
+    runs = listed_runs(script_in_process("cui2019_table2", "--dry-run")[1])
     rows = ("softmax", "sigmoid", "focal_g05", "focal_g1", "focal_g2")
     expected = {f"experiment=cui2019_table2/{row} dataset={ds} dataset.imbalance_factor={f}"
                 for row in rows for ds, f in CIFAR_COLUMNS}
@@ -84,21 +114,21 @@ def test_cui_table_covers_every_cell_of_the_published_table(tmp_path):
     (["--dry-run", "--seeds", "0,1", "seed=3"], "seed=3: give seeds either with --seeds"),
     (["--dry-run", "loss=ce"], "loss=ce"),          # a single-label loss on the multi-label table
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    result = run_script("plm_multimnist", *args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("reproduce: error:") and message in result.stderr
-    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, script_in_process):
+    code, out, err = script_in_process("plm_multimnist", *args)
+    assert code == 2
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("reproduce: error:") and message in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
 
 
-def test_an_output_folder_with_runs_is_refused_and_left_alone(tmp_path):
+def test_an_output_folder_with_runs_is_refused_and_left_alone(tmp_path, script_in_process):
     done = tmp_path / "out" / "losses" / "0" / "metrics.json"
     done.parent.mkdir(parents=True)
     done.write_text('{"status": "completed"}')
-    result = run_script("plm_multimnist", "--out", "out", cwd=tmp_path)
-    assert result.returncode == 2 and "--out out: the folder is not empty" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    code, _, err = script_in_process("plm_multimnist", "--out", "out")
+    assert code == 2 and "--out out: the folder is not empty" in err
+    assert len(err.strip().splitlines()) == 1
     assert done.read_text() == '{"status": "completed"}'
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["losses"]
 
@@ -112,11 +142,11 @@ def test_an_output_folder_with_runs_is_refused_and_left_alone(tmp_path):
     (["--resume"], "--resume needs --out DIR"),
     (["--out", "elsewhere", "--resume"], "--resume: elsewhere holds no earlier run of table plm_multimnist"),
 ])
-def test_bad_options_stop_before_any_run(args, message, tmp_path):
+def test_bad_options_stop_before_any_run(args, message, tmp_path, script_in_process):
     (tmp_path / "a_file").write_text("keep me")
-    result = run_script("plm_multimnist", *args, cwd=tmp_path)
-    assert result.returncode == 2 and result.stdout == ""
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    code, out, err = script_in_process("plm_multimnist", *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
     assert (tmp_path / "a_file").read_text() == "keep me"
 
@@ -179,53 +209,58 @@ def test_ldam_drw_defers_the_weights_to_the_lr_drop(compose_cfg):
     assert cfg.loss.normalized_classifier and cfg.loss.scale == 30 and cfg.loss.max_margin == 0.5
 
 
-def test_a_nested_preset_through_the_cli(imbench, tmp_path):
-    result = imbench("experiment=cao2019_table2/ldam_drw", "--cfg", "job")
-    assert result.returncode == 0, result.stderr
-    assert "name: ldam" in result.stdout and "start_epoch: 160" in result.stdout
-    result = imbench("experiment='cao2019_table2/ldam_drw'", "loss= ce", "--cfg", "job")  # Hydra's quoting
-    assert result.returncode == 0, result.stderr
-    assert "name: ce" in result.stdout and "start_epoch: 160" in result.stdout
-    result = imbench("experiment=cao2019_table2/ldam_drv")
-    assert result.returncode == 2 and "cao2019_table2/ldam_drw" in result.stderr
+def test_a_nested_preset_through_the_cli(imbench_in_process, tmp_path):
+    code, err = imbench_in_process("experiment=cao2019_table2/ldam_drw", "--cfg", "job")
+    assert code == 0, err
+    assert "name: ldam" in imbench_in_process.stdout and "start_epoch: 160" in imbench_in_process.stdout
+    code, err = imbench_in_process("experiment='cao2019_table2/ldam_drw'", "loss= ce", "--cfg", "job")  # Hydra's quoting
+    assert code == 0, err
+    assert "name: ce" in imbench_in_process.stdout and "start_epoch: 160" in imbench_in_process.stdout
+    code, err = imbench_in_process("experiment=cao2019_table2/ldam_drv")
+    assert code == 2 and "cao2019_table2/ldam_drw" in err
     assert not (tmp_path / "outputs").exists()
 
 
 # ------------------------------------------------------------------ a whole (tiny) table for real
 
 
-def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path):
+def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path, monkeypatch, capfd):
     """Two sweeps on the MNIST fixture; a job of the second fails (resnet32 has no pretrained weights):
     the sweep's other job and the first sweep still run, the report and reproduce.json are written,
-    and the exit code says runs failed."""
-    common = [f"dataset.root={data_root}", "dataset.imbalance_factor=10", *SMOKE]
+    and the exit code says runs failed. `reproduce` runs in this process; each sweep is a real
+    `python -m imbalance_bench -m` (captured at the file descriptors)."""
+    from imbalance_bench import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMBENCH_DATA_ROOT", raising=False)
+    common = [f"dataset.root={data_root}", "dataset.imbalance_factor=10", "dataset.limit_train=100",
+              "dataset.limit_test=50", *SMOKE]
     argv = ["--table", "tiny", "--sweep", "losses: loss=ce,bce reweight=none",
             "--sweep", "mixed: loss=focal reweight=none model.pretrained=true,false",
             "--out", str(tmp_path / "my out"), "--seeds", "0", *common]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "imbalance_bench.reproduce", *argv], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-2000:]
+    code = exit_code(reproduce.main, argv)
+    result = capfd.readouterr()
+    assert code == 1, result.err[-2000:]
     out = tmp_path / "my out"
     summary = json.loads((out / "reproduce.json").read_text())
     assert [(s["name"], s["runs"], s["completed"]) for s in summary["sweeps"]] == [("losses", 2, 2), ("mixed", 2, 1)]
     assert summary["sweeps"][0]["exit_code"] == 0 and summary["sweeps"][1]["exit_code"] == 2
     assert not summary["interrupted"]
-    assert "imbench: error: job #0: model.pretrained=true is not allowed" in result.stderr
-    assert "1 job(s) of the sweep failed" in result.stderr and "Traceback" not in result.stderr
+    assert "imbench: error: job #0: model.pretrained=true is not allowed" in result.err
+    assert "1 job(s) of the sweep failed" in result.err and "Traceback" not in result.err
     assert not (out / "mixed" / "0" / "metrics.json").exists() and (out / "mixed" / "1" / "metrics.json").exists()
     report = (out / "report.md").read_text()
     methods = ("ce", "bce", "focal γ=2")
     assert all(f"| {method} |" in report for method in methods)
     rows = [line.split(",") for line in (out / "report.csv").read_text().splitlines()[1:]]
     assert sorted(r[2] for r in rows) == sorted(methods)
-    assert "sweeps with failed runs: mixed" in result.stdout
+    assert "sweeps with failed runs: mixed" in result.out
 
     # --resume finishes the table in the same folder: the complete runs are not run again
     finished = {p: p.read_bytes() for p in out.glob("*/*/metrics.json")}
-    again = subprocess.run([sys.executable, "-m", "imbalance_bench.reproduce", *argv, "--resume"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    code = exit_code(reproduce.main, [*argv, "--resume"])
+    again = capfd.readouterr()
+    assert code == 1 and "Traceback" not in again.err, again.err[-2000:]
     counts = [json.loads((out / name / "sweep.json").read_text())["counts"] for name in ("losses", "mixed")]
     assert [(c["complete"], c["trained"], c["failed"]) for c in counts] == [(2, 0, 0), (1, 0, 1)]
     assert {p: p.read_bytes() for p in out.glob("*/*/metrics.json")} == finished
@@ -236,23 +271,6 @@ def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path):
 
 TINY_TABLE = ["--table", "tiny", "--sweep", "a: dataset=cifar10_lt,cifar100_lt loss=ce reweight=none",
               "--sweep", "b: dataset=cifar10_lt loss=bce reweight=none"]
-
-
-@pytest.fixture
-def reproduce_in_process(tmp_path, monkeypatch, capsys):
-    """`reproduce.main(ARGS)` in this process from tmp_path; returns (exit code, stdout, stderr)."""
-    from imbalance_bench import reproduce
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("IMBENCH_DATA_ROOT", raising=False)
-
-    def _run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = exit_code(reproduce.main, args)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return _run
 
 
 def test_a_missing_dataset_stops_the_table_with_one_line_before_any_run(tmp_path, reproduce_in_process):

@@ -14,25 +14,23 @@ import pytest
 import torch
 
 from coco_files import write_coco
+from conftest import IMBENCH, imbench_environment
+from test_bad_inputs import interrupted_run
 from imbalance_bench.errors import EXIT_STOPPED
+from imbalance_bench.rundir import LOCK_FILE
 from imbalance_bench.signals import Interrupted
 from imbalance_bench.errors import ConfigError, DataError
 from imbalance_bench.loop import TrainingDiverged
 from imbalance_bench.train import run, run_job
 
 TIMING = ("train_time_s", "train_images_per_s")
+SMALL = ["dataset=mnist_lt", "dataset.imbalance_factor=10", "trainer.device=cpu", "trainer.epochs=1",
+         "trainer.batch_size=32", "trainer.progress_bar=false", "dataset.limit_train=200", "dataset.limit_test=100"]
 
 
 def command(data_root, run_dir, *extra):
-    return [sys.executable, "-m", "imbalance_bench", "dataset=mnist_lt", f"dataset.root={data_root}",
-            "dataset.imbalance_factor=10", "trainer.device=cpu", "trainer.epochs=3", "trainer.batch_size=32",
-            "trainer.progress_bar=false", f"hydra.run.dir={run_dir}", *extra]
-
-
-def environment():
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    env.pop("IMBENCH_DATA_ROOT", None)
-    return env
+    return [sys.executable, "-m", "imbalance_bench", *SMALL, f"dataset.root={data_root}", "trainer.epochs=3",
+            f"hydra.run.dir={run_dir}", *extra]
 
 
 def results(run_dir):
@@ -41,33 +39,6 @@ def results(run_dir):
     for row in rows:
         row.pop("train_s"), row.pop("eval_s")
     return {k: v for k, v in metrics.items() if k not in TIMING}, rows
-
-
-def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(command(data_root, whole), cwd=tmp_path, env=environment(), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    proc = subprocess.Popen(command(data_root, killed), cwd=tmp_path, env=environment(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 240
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert not (killed / "metrics.json").exists(), "the run ended before it could be killed"
-    interrupted_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
-    assert 1 <= interrupted_at < 3
-
-    again = subprocess.run(command(data_root, killed), cwd=tmp_path, env=environment(), capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming after epoch {interrupted_at}" in again.stdout + again.stderr
-    assert results(killed) == results(whole)  # every metric, loss and per-class value, bit for bit
-    best = torch.load(killed / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-    assert best["epoch"] == json.loads((killed / "metrics.json").read_text())["best_epoch"]
 
 
 # `python -c` body: the CLI, killed with SIGKILL right after it writes its first last.pt (epoch 1)
@@ -85,17 +56,44 @@ main(sys.argv[1:])
 """
 
 
+def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp_path, imbench_in_process):
+    """kill -9 right after the epoch-1 checkpoint, in a process of its own: the lock it held does not
+    block the same command (in this process), which resumes from the checkpoint, removes the `.tmp`
+    files of the atomic writes the kill cut short, and ends bit-identical to a run never interrupted."""
+    args = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    code, err = imbench_in_process(*args, f"hydra.run.dir={whole}")
+    assert code == 0, err[-3000:]
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH_1, *args, f"hydra.run.dir={killed}"], cwd=tmp_path,
+                          env=imbench_environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = killed / "checkpoints" / "last.pt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert (killed / LOCK_FILE).exists() and not (killed / "metrics.json").exists()
+    leftover = killed / "checkpoints" / ".last.pt.abc123.tmp"  # as a kill during the write leaves it
+    leftover.write_bytes(b"half a checkpoint")
+
+    code, err = imbench_in_process(*args, f"hydra.run.dir={killed}")
+    assert code == 0, err[-3000:]
+    assert "resuming after epoch 1" in (killed / "imbench.log").read_text()
+    assert not leftover.exists() and not (killed / LOCK_FILE).exists()
+    assert results(killed) == results(whole)  # every metric, loss and per-class value, bit for bit
+    best = torch.load(killed / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == json.loads((killed / "metrics.json").read_text())["best_epoch"]
+
+
 def test_a_coco_run_with_workers_resumes_to_identical_results(compose_cfg, tmp_path, monkeypatch):
-    """trainer.num_workers=2 on COCO, whose random crops are drawn inside the workers: killed with
-    SIGKILL after epoch 1, or stopped by SIGTERM inside epoch 2 and continued with one worker, the
-    run ends bit-identical to an uninterrupted one (metrics, summary.csv, last weights)."""
+    """trainer.num_workers=2 on COCO, whose random crops are drawn inside the workers: stopped by
+    SIGTERM at the end of epoch 1, or inside epoch 2 and continued with one worker, the run ends
+    bit-identical to an uninterrupted one (metrics, summary.csv, last weights)."""
     import imbalance_bench.step as step_module
 
     root = write_coco(tmp_path / "coco")
     overrides = ["dataset=coco", "loss=focal", "reweight=cb", f"dataset.root={root}", "dataset.image_size=32", "trainer.device=cpu",
                  "trainer.epochs=2", "trainer.batch_size=8", "trainer.num_workers=2", "trainer.progress_bar=false",
                  "optimizer.lr=0.01"]
-    whole, killed, stopped = tmp_path / "whole", tmp_path / "killed", tmp_path / "stopped"
+    whole, after_epoch, stopped = tmp_path / "whole", tmp_path / "after_epoch", tmp_path / "stopped"
     run(compose_cfg(overrides), whole)
 
     def weights(run_dir):
@@ -108,12 +106,10 @@ def test_a_coco_run_with_workers_resumes_to_identical_results(compose_cfg, tmp_p
         ours, theirs = weights(run_dir), weights(whole)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
-    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH_1, *overrides, f"hydra.run.dir={killed}"],
-                          cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1
-    assert run_job(compose_cfg(overrides), killed).outcome == "resumed"
-    assert_identical(killed)
+    interrupted_run(compose_cfg, overrides, after_epoch, monkeypatch)
+    assert torch.load(after_epoch / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 1
+    assert run_job(compose_cfg(overrides), after_epoch).outcome == "resumed"
+    assert_identical(after_epoch)
 
     original, calls = step_module.TrainStep.__call__, []
 
@@ -129,10 +125,6 @@ def test_a_coco_run_with_workers_resumes_to_identical_results(compose_cfg, tmp_p
     monkeypatch.setattr(step_module.TrainStep, "__call__", original)
     run(compose_cfg([*overrides, "trainer.num_workers=1"]), stopped)
     assert_identical(stopped)
-
-
-SMALL = ["dataset=mnist_lt", "dataset.imbalance_factor=10", "trainer.device=cpu", "trainer.epochs=1",
-         "trainer.batch_size=32", "trainer.progress_bar=false", "dataset.limit_train=200", "dataset.limit_test=100"]
 
 
 def test_a_finished_run_is_not_trained_again(compose_cfg, data_root, tmp_path, caplog):
@@ -190,11 +182,11 @@ def test_divergence_keeps_the_last_good_checkpoints_and_records_its_status(compo
 
 def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results(compose_cfg, data_root, tmp_path,
                                                                                 monkeypatch):
-    """SIGTERM during step 6 (epoch 2 of 3): the step finishes, last.pt records the position inside
+    """SIGTERM during step 6 (epoch 2 of 2): the step finishes, last.pt records the position inside
     the epoch, and the resumed run ends exactly where an uninterrupted one does."""
     import imbalance_bench.step as step_module
 
-    overrides = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=3", "trainer.batch_size=64"]
+    overrides = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=2", "trainer.batch_size=64"]
     whole = run(compose_cfg(overrides), tmp_path / "whole")
     original, calls = step_module.TrainStep.__call__, []
 
@@ -217,9 +209,12 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results
 
 
 def test_sigterm_exits_with_its_own_code_and_one_line(data_root, tmp_path):
+    """The real command, signalled from outside once its first checkpoint is written (epochs to spare:
+    the run stops at its next step)."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(command(data_root, run_dir), cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*IMBENCH, *SMALL, f"dataset.root={data_root}", "trainer.epochs=20",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=imbench_environment(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (run_dir / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -233,43 +228,49 @@ def test_sigterm_exits_with_its_own_code_and_one_line(data_root, tmp_path):
     assert torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["epoch"] >= 1
 
 
-def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_failed_ones(data_root, tmp_path):
+def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_failed_ones(data_root, tmp_path,
+                                                                                           imbench_in_process,
+                                                                                           monkeypatch):
     """`imbench -m` into the same sweep folder again: complete jobs are skipped, a job stopped by
-    SIGTERM continues from its checkpoint, a failing job does not stop the others, and the sweep
-    ends with the count of each and exit 2."""
+    SIGTERM (sent to this process at the end of job #0's first epoch) continues from its checkpoint,
+    a failing job does not stop the others, and the sweep ends with the count of each and exit 2."""
+    import imbalance_bench.loop as loop_module
+
     sweep = tmp_path / "sweep"
     missing = tmp_path / "no_such_root"
     args = ["-m", "dataset=cifar10_lt", f"dataset.root={data_root},{missing}", "dataset.imbalance_factor=10,20",
-            "trainer.device=cpu", "trainer.epochs=3",
-            "trainer.batch_size=32", "trainer.progress_bar=false", f"hydra.sweep.dir={sweep}"]
-    cmd = [sys.executable, "-m", "imbalance_bench", *args]
+            "trainer.device=cpu", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress_bar=false",
+            "dataset.limit_test=40", f"hydra.sweep.dir={sweep}"]
 
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.monotonic() + 240
-    while not list(sweep.glob("*/checkpoints/last.pt")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGTERM)
-    _, stderr = first.communicate(timeout=120)
-    assert first.returncode == EXIT_STOPPED, stderr[-3000:]
+    original = loop_module.train_one_epoch
+
+    def then_signal(*a, **k):
+        result = original(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(loop_module, "train_one_epoch", then_signal)
+    code, err = imbench_in_process(*args)
+    monkeypatch.setattr(loop_module, "train_one_epoch", original)
+    assert code == EXIT_STOPPED, err[-3000:]
     [stopped] = [p.parent.parent for p in sweep.glob("*/checkpoints/last.pt")]
     assert not (stopped / "metrics.json").exists()
 
     def sweep_again():
-        proc = subprocess.run(cmd, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        assert proc.stderr.strip().splitlines()[-1].startswith("imbench: error: 2 job(s) of the sweep failed")
+        code, err = imbench_in_process(*args)
+        assert code == 2 and "Traceback" not in err, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith("imbench: error: 2 job(s) of the sweep failed")
         jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
-        return proc, {job["dir"]: job["outcome"] for job in jobs}
+        return imbench_in_process.stdout + err, {job["dir"]: job["outcome"] for job in jobs}
 
-    second, outcomes = sweep_again()
+    output, outcomes = sweep_again()
     good = sorted(str(p) for p in sweep.glob("*/metrics.json"))
     assert len(good) == 2 and outcomes[str(stopped)] == "resumed"
     assert sorted(outcomes.values()) == ["failed", "failed", "resumed", "trained"]
-    assert "4 job(s): 1 trained, 1 resumed, 0 already complete (skipped), 2 failed" in second.stdout + second.stderr
+    assert "4 job(s): 1 trained, 1 resumed, 0 already complete (skipped), 2 failed" in output
     assert "resuming after epoch 1" in (stopped / "imbench.log").read_text()
     finished = {path: open(path, "rb").read() for path in good}
 
-    third, outcomes = sweep_again()
+    _, outcomes = sweep_again()
     assert sorted(outcomes.values()) == ["complete", "complete", "failed", "failed"]
     assert {path: open(path, "rb").read() for path in good} == finished  # left exactly as they were
