@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import signal
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -215,11 +217,11 @@ def write_dataset(kind: str, root: Path) -> list[str]:
     return ["dataset=coco", "loss=bce", f"dataset.root={root}", "dataset.image_size=32"]
 
 
-def interrupted_run(compose_cfg, overrides: list[str], run_dir: Path, monkeypatch) -> None:
-    """Train `overrides` in `run_dir` and stop it by SIGTERM after its first epoch, as a pre-empted
-    job leaves it: last.pt (unfinished), best.pt, summary.csv, dataset_stats.json, no metrics.json."""
+@contextmanager
+def sigterm_after_each_epoch(monkeypatch) -> Iterator[None]:
+    """While the block runs, this process gets SIGTERM as each training epoch's pass ends (a stop that
+    the run must turn into a checkpoint); the loop is put back after."""
     import imbalance_bench.loop as loop_module
-    from imbalance_bench.train import run
 
     original = loop_module.train_one_epoch
 
@@ -229,9 +231,20 @@ def interrupted_run(compose_cfg, overrides: list[str], run_dir: Path, monkeypatc
         return result
 
     monkeypatch.setattr(loop_module, "train_one_epoch", then_signal)
-    with pytest.raises(Interrupted):
-        run(compose_cfg(overrides), run_dir)
-    monkeypatch.setattr(loop_module, "train_one_epoch", original)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(loop_module, "train_one_epoch", original)
+
+
+def interrupted_run(compose_cfg, overrides: list[str], run_dir: Path, monkeypatch) -> None:
+    """Train `overrides` in `run_dir` and stop it by SIGTERM after its first epoch, as a pre-empted
+    job leaves it: last.pt (unfinished), best.pt, summary.csv, dataset_stats.json, no metrics.json."""
+    from imbalance_bench.train import run
+
+    with sigterm_after_each_epoch(monkeypatch):
+        with pytest.raises(Interrupted):
+            run(compose_cfg(overrides), run_dir)
     assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
 
 

@@ -15,7 +15,7 @@ import torch
 
 from coco_files import write_coco
 from conftest import IMBENCH, imbench_environment
-from test_bad_inputs import interrupted_run
+from test_bad_inputs import interrupted_run, sigterm_after_each_epoch
 from imbalance_bench.errors import EXIT_STOPPED
 from imbalance_bench.rundir import LOCK_FILE
 from imbalance_bench.signals import Interrupted
@@ -234,7 +234,6 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_
     """`imbench -m` into the same sweep folder again: complete jobs are skipped, a job stopped by
     SIGTERM (sent to this process at the end of job #0's first epoch) continues from its checkpoint,
     a failing job does not stop the others, and the sweep ends with the count of each and exit 2."""
-    import imbalance_bench.loop as loop_module
 
     sweep = tmp_path / "sweep"
     missing = tmp_path / "no_such_root"
@@ -242,16 +241,8 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_
             "trainer.device=cpu", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress_bar=false",
             "dataset.limit_test=40", f"hydra.sweep.dir={sweep}"]
 
-    original = loop_module.train_one_epoch
-
-    def then_signal(*a, **k):
-        result = original(*a, **k)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(loop_module, "train_one_epoch", then_signal)
-    code, err = imbench_in_process(*args)
-    monkeypatch.setattr(loop_module, "train_one_epoch", original)
+    with sigterm_after_each_epoch(monkeypatch):
+        code, err = imbench_in_process(*args)
     assert code == EXIT_STOPPED, err[-3000:]
     [stopped] = [p.parent.parent for p in sweep.glob("*/checkpoints/last.pt")]
     assert not (stopped / "metrics.json").exists()
