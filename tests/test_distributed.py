@@ -119,8 +119,26 @@ def test_crops_flips_and_plm_masks_are_drawn_for_the_global_batch():
 # ------------------------------------------------------------------ collectives (2 gloo processes)
 
 
-def _collectives(rank: int, size: int, rendezvous: str, out: str) -> None:
+def _on_two_gloo_processes(rank: int, size: int, rendezvous: str, out: str) -> None:
+    """One process of the group: what the collectives and the stateful losses give, into out/RANK.json."""
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=size)
+    counts = [19, 11, 5, 3, 1]
+    result = {"collectives": _collectives(rank, size),
+              "losses": {"one": _stateful_loss_steps(World(), counts),
+                         "two": _stateful_loss_steps(World(rank, size), counts)}}
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_gloo_processes(tmp_path_factory) -> list[dict]:
+    """What each of two gloo processes computed (one group, spawned once for the tests that read it)."""
+    out = tmp_path_factory.mktemp("gloo")
+    mp.spawn(_on_two_gloo_processes, args=(2, f"file://{out / 'rendezvous'}", str(out)), nprocs=2)
+    return [json.loads((out / f"{rank}.json").read_text()) for rank in range(2)]
+
+
+def _collectives(rank: int, size: int) -> dict:
     torch.manual_seed(0)
     world = World(rank, size)
     x = (torch.randn(7, 4, 3, 3, dtype=torch.float64) * 3 + 5).requires_grad_()  # 7 images: parts of 4 and 3
@@ -139,7 +157,7 @@ def _collectives(rank: int, size: int, rendezvous: str, out: str) -> None:
     (ys * upstream[rows.start:rows.stop]).sum().backward()
     for param in synced.parameters():  # what DDP does to parameter gradients (here: a sum, not a mean)
         dist.all_reduce(param.grad)
-    result = {
+    return {
         "type": type(synced).__name__,
         "output": (ys - y[rows.start:rows.stop]).abs().max().item(),
         "input_grad": (xs.grad - x.grad[rows.start:rows.stop]).abs().max().item(),
@@ -152,17 +170,14 @@ def _collectives(rank: int, size: int, rendezvous: str, out: str) -> None:
         "sum": world.all_reduce_sum(torch.tensor([rank + 1.0])).item(),
         "broadcast": world.broadcast({"dir": f"from rank {rank}"}),
     }
-    Path(out, f"{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
 
 
-def test_synchronised_batchnorm_and_the_collectives_on_two_gloo_processes(tmp_path):
+def test_synchronised_batchnorm_and_the_collectives_on_two_gloo_processes(two_gloo_processes):
     """AllReduceBatchNorm2d over parts of 4 and 3 images gives BatchNorm2d's output, input and
     parameter gradients and running statistics on all 7 (float64); gather, any, sum and broadcast
     give what one process has."""
-    mp.spawn(_collectives, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
     for rank in range(2):
-        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        result = two_gloo_processes[rank]["collectives"]
         assert result["type"] == "AllReduceBatchNorm2d"
         for key in ("output", "input_grad", "weight_grad", "bias_grad", "running_mean", "running_var"):
             assert result[key] < 1e-12, (rank, key, result[key])
@@ -221,20 +236,11 @@ def _stateful_loss_steps(world: World, counts: list[int]) -> dict:
             "weights": torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()}
 
 
-def _stateful_losses(rank: int, size: int, rendezvous: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=size)
-    counts = [19, 11, 5, 3, 1]
-    result = {"one": _stateful_loss_steps(World(), counts), "two": _stateful_loss_steps(World(rank, size), counts)}
-    Path(out, f"{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
-
-
-def test_loss_state_stays_the_same_on_every_process_and_as_in_one(tmp_path):
+def test_loss_state_stays_the_same_on_every_process_and_as_in_one(two_gloo_processes):
     """PLM's ratios (from histograms summed over the processes), DFL's learnable gamma (its gradient
     averaged by DDP with the model's) and the weights after two epochs of batches cut 5 + 4: the
     same on both processes, and as one process gets on the whole batches."""
-    mp.spawn(_stateful_losses, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
-    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    results = [two_gloo_processes[rank]["losses"] for rank in range(2)]
     assert results[0]["two"] == results[1]["two"]
     one, two = results[0]["one"], results[0]["two"]
     assert one["gamma"] != 2.0

@@ -239,7 +239,7 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_stopped_ones_and_reports_
     missing = tmp_path / "no_such_root"
     args = ["-m", "dataset=cifar10_lt", f"dataset.root={data_root},{missing}", "dataset.imbalance_factor=10,20",
             "trainer.device=cpu", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress_bar=false",
-            "dataset.limit_test=40", f"hydra.sweep.dir={sweep}"]
+            "dataset.limit_train=64", "dataset.limit_test=40", f"hydra.sweep.dir={sweep}"]
 
     with sigterm_after_each_epoch(monkeypatch):
         code, err = imbench_in_process(*args)
