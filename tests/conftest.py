@@ -62,8 +62,8 @@ IMBENCH = [sys.executable, "-m", "imbalance_bench"]
 
 
 def imbench_environment() -> dict[str, str]:
-    """The environment of a CLI run in a test: offline (no hub look-ups), unbuffered, no data root."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    """The environment of a CLI run in a test: this one's (offline, see above), unbuffered, no data root."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("IMBENCH_DATA_ROOT", None)
     return env
 

@@ -22,7 +22,7 @@ CIFAR_COLUMNS = [(ds, factor) for ds in ("cifar10_lt", "cifar100_lt") for factor
 
 
 def run_script(name: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "IMBENCH_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "IMBENCH_PYTHON": sys.executable}
     env.pop("IMBENCH_DATA_ROOT", None)
     return subprocess.run(["bash", str(SCRIPTS / f"reproduce_{name}.sh"), *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
