@@ -27,10 +27,10 @@ SMOKE = ["trainer.device=cpu", "trainer.epochs=1", "trainer.max_steps=2", "train
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
-    """One root holding tiny CIFAR-10, CIFAR-100 and MNIST-format datasets."""
+    """One root holding tiny CIFAR-10, CIFAR-100 (10 train images a class) and MNIST-format datasets."""
     root = tmp_path_factory.mktemp("data")
     write_cifar10(root)
-    write_cifar100(root)
+    write_cifar100(root, train_per_class=10)
     write_mnist_from_digits(root)
     return root
 
@@ -62,8 +62,8 @@ IMBENCH = [sys.executable, "-m", "imbalance_bench"]
 
 
 def imbench_environment() -> dict[str, str]:
-    """The environment of a CLI run in a test: offline (no hub look-ups), unbuffered, no data root."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    """The environment of a CLI run in a test: this one's (offline, see above), unbuffered, no data root."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("IMBENCH_DATA_ROOT", None)
     return env
 

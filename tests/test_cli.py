@@ -131,9 +131,10 @@ def test_packed_sweep_runs_jobs_in_parallel_processes_and_reports_a_failed_one(i
     assert hydra_cfg["launcher"]["n_jobs"] == 2 and "joblib" in hydra_cfg["launcher"]["_target_"]
 
 
-def test_submitit_local_sweep_runs_each_job_as_a_submitit_job(imbench_in_process, data_root, tmp_path):
+def test_submitit_local_sweep_runs_each_job_as_a_submitit_job(imbench_in_process, data_root, tmp_path, monkeypatch):
     """hydra/launcher=submitit_local: submitit's local executor, which needs no cluster, runs each job
     in its own process with its own log under .submitit/, as SLURM would (launched from this process)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the two jobs run at once: one thread each, not one per core each
     sweep = tmp_path / "sweep"
     code, err = imbench_in_process("-m", "hydra/launcher=submitit_local", "dataset=cifar10_lt",
                                    f"dataset.root={data_root}", "loss=ce,focal", *SMOKE, f"hydra.sweep.dir={sweep}")

@@ -120,6 +120,7 @@ def test_crops_flips_and_plm_masks_are_drawn_for_the_global_batch():
 
 def _on_two_gloo_processes(rank: int, size: int, rendezvous: str, out: str) -> None:
     """One process of the group: what the collectives and the stateful losses give, into out/RANK.json."""
+    torch.set_num_threads(1)  # forked from a process whose intra-op threads it does not have
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=size)
     counts = [19, 11, 5, 3, 1]
     result = {"collectives": _collectives(rank, size),
@@ -131,9 +132,11 @@ def _on_two_gloo_processes(rank: int, size: int, rendezvous: str, out: str) -> N
 
 @pytest.fixture(scope="module")
 def two_gloo_processes(tmp_path_factory) -> list[dict]:
-    """What each of two gloo processes computed (one group, spawned once for the tests that read it)."""
+    """What each of two gloo processes computed (one group, started once for the tests that read it;
+    forked, so that they start with this process's imports instead of their own)."""
     out = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_on_two_gloo_processes, args=(2, f"file://{out / 'rendezvous'}", str(out)), nprocs=2)
+    mp.start_processes(_on_two_gloo_processes, args=(2, f"file://{out / 'rendezvous'}", str(out)), nprocs=2,
+                       start_method="fork")
     return [json.loads((out / f"{rank}.json").read_text()) for rank in range(2)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -18,11 +19,12 @@ from imbalance_bench.reference import load_reference, lookup
 from imbalance_bench.report import method_keys
 
 SCRIPTS = REPO / "scripts"
-CIFAR_COLUMNS = [(ds, factor) for ds in ("cifar10_lt", "cifar100_lt") for factor in (200, 100, 50, 20, 10, 1)]
+CIFAR_DATASETS = ("cifar10_lt", "cifar100_lt")
+CIFAR_COLUMNS = [(ds, factor) for ds in CIFAR_DATASETS for factor in (200, 100, 50, 20, 10, 1)]
 
 
 def run_script(name: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "IMBENCH_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "IMBENCH_PYTHON": sys.executable}
     env.pop("IMBENCH_DATA_ROOT", None)
     return subprocess.run(["bash", str(SCRIPTS / f"reproduce_{name}.sh"), *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -85,16 +87,24 @@ def test_dry_run_prints_every_run_and_the_count(table, runs, tmp_path, script_in
     assert not list(tmp_path.iterdir())  # a dry run launches and writes nothing
 
 
-def test_dry_run_seeds_multiply_the_runs_and_overrides_reach_every_run(tmp_path):
-    """The script for real (bash, then the Python it finds, in a process of its own)."""
-    result = run_script("plm_multimnist", "--dry-run", "--seeds", "0,1,2", "dataset.num_train=600", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().endswith("12 runs")
-    assert "every run: experiment=plm_multimnist dataset.num_train=600" in result.stdout
-    runs = listed_runs(result.stdout)
+def test_dry_run_seeds_multiply_the_runs_and_overrides_reach_every_run(script_in_process):
+    code, out, err = script_in_process("plm_multimnist", "--dry-run", "--seeds", "0,1,2", "dataset.num_train=600")
+    assert code == 0, err
+    assert out.rstrip().endswith("12 runs")
+    assert "every run: experiment=plm_multimnist dataset.num_train=600" in out
+    runs = listed_runs(out)
     assert sorted({r.split("seed=")[1] for r in runs}) == ["0", "1", "2"]
     assert {" ".join(sorted(r.split()[:2])) for r in runs} == {
         "loss=bce reweight=none", "loss=bce reweight=cb", "loss=plm reweight=none", "loss=plm reweight=cb"}
+
+
+def test_the_script_runs_reproduce_in_a_process_of_its_own(tmp_path):
+    """The script for real: bash, then `$IMBENCH_PYTHON -m imbalance_bench.reproduce` (the other tests
+    run reproduce.main in this process). A bad option ends it before anything heavy is imported."""
+    result = run_script("plm_multimnist", "--dry-run", "--bogus", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "reproduce: error: unrecognized arguments: --bogus\n"
+    assert not list(tmp_path.iterdir())
 
 
 def test_cui_table_covers_every_cell_of_the_published_table(script_in_process):
@@ -165,11 +175,21 @@ def published(reference: dict, label: str, dataset: str, kind: str, factor: int)
     return cell["value"] if isinstance(cell, dict) else cell
 
 
+def with_values(cfg, **values):
+    """A copy of a composed config with value overrides (`dataset__imbalance_factor=10` for
+    dataset.imbalance_factor=10) merged in, as Hydra merges them after composing the groups: the
+    cells of a table differ only in such values, so each preset and dataset is composed once."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, merge=True)
+    return cfg
+
+
 @pytest.mark.parametrize("preset, label", CUI_ROWS.items())
 def test_cui_row_presets_meet_their_published_row(compose_cfg, preset, label):
+    composed = {ds: compose_cfg([f"experiment=cui2019_table2/{preset}", f"dataset={ds}"]) for ds in CIFAR_DATASETS}
     for dataset, factor in CIFAR_COLUMNS:
-        cfg = compose_cfg([f"experiment=cui2019_table2/{preset}", f"dataset={dataset}",
-                           f"dataset.imbalance_factor={factor}"])
+        cfg = with_values(composed[dataset], dataset__imbalance_factor=factor)
         validate(cfg)
         assert (cfg.model.name, cfg.trainer.epochs, cfg.optimizer.lr, list(cfg.scheduler.milestones)) == \
             ("resnet32", 200, 0.1, [160, 180])
@@ -193,11 +213,11 @@ CAO_ROWS = {"erm": "ERM", "focal": "Focal", "ldam": "LDAM", "cb_rw": "CB RW", "c
 
 @pytest.mark.parametrize("preset, label", CAO_ROWS.items())
 def test_cao_row_presets_meet_their_published_row(compose_cfg, preset, label):
-    for dataset in ("cifar10_lt", "cifar100_lt"):
+    for dataset in CIFAR_DATASETS:
+        composed = compose_cfg([f"experiment=cao2019_table2/{preset}", f"dataset={dataset}"])
         for kind in ("exp", "step"):
             for factor in (100, 10):
-                cfg = compose_cfg([f"experiment=cao2019_table2/{preset}", f"dataset={dataset}",
-                                   f"dataset.imbalance_factor={factor}", f"dataset.imbalance_type={kind}"])
+                cfg = with_values(composed, dataset__imbalance_factor=factor, dataset__imbalance_type=kind)
                 validate(cfg)
                 found = lookup(CAO, method_of(cfg), dataset, kind, factor)
                 assert found == (published(CAO, label, dataset, kind, factor), label)
