@@ -14,20 +14,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
 from imbalance_bench.device import Switches
 from imbalance_bench.distributed import World
-from imbalance_bench.errors import ConfigError, DataError, ImbenchError
+from imbalance_bench.errors import DataError
 from imbalance_bench.losses import ClassificationLoss, Reweighting
 from imbalance_bench.models import classifier_of, use_normed_classifier
 from imbalance_bench.models.sync_batchnorm import synchronize_batchnorm
 from imbalance_bench.runfiles import write_json
 from imbalance_bench.step import ModelWithLoss, Precision
+from imbalance_bench.targets import build as build_target
 
 log = logging.getLogger("imbench")
 
@@ -47,18 +46,6 @@ class RunContext:
     world: World
 
 
-def instantiate(node, **kwargs):
-    """Hydra's instantiate, but a user error raised inside the target surfaces as itself."""
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, ImbenchError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -66,7 +53,7 @@ def seed_everything(seed: int) -> None:
 
 def build_data(cfg: DictConfig, run_dir: Path, world: World) -> DataBundle:
     """Load the dataset and record its per-class counts and the exact subset drawn."""
-    data: DataBundle = instantiate(cfg.dataset, _convert_="all")
+    data: DataBundle = build_target(cfg.dataset, "dataset", _convert_="all").load()
     if world.distributed and len(data.test) < world.size:
         raise DataError(f"dataset={cfg.dataset.name}: the test split holds {len(data.test)} image(s), "
                         f"fewer than the {world.size} processes that evaluate it; raise dataset.limit_test")
@@ -100,7 +87,7 @@ def build_model(
 ) -> torch.nn.Module:
     """The backbone sized to the dataset, with the head the loss asks for, its bias set to the loss's
     prior; in a DDP run its BatchNorm layers normalise over the whole global batch."""
-    model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+    model = build_target(cfg.model, "model", num_classes=data.num_classes, in_chans=data.in_chans)
     if criterion.normalized_classifier:
         use_normed_classifier(model)
     init_classifier_bias(model, criterion, data.num_classes)
@@ -115,14 +102,9 @@ def build_model(
 
 def build_loss(cfg: DictConfig, data: DataBundle, device: torch.device) -> tuple[ClassificationLoss, Reweighting]:
     """The loss, fitted to the train split's class counts, and the class re-weighting."""
-    criterion: ClassificationLoss = instantiate(cfg.loss)
-    if data.label_kind not in criterion.label_kinds:
-        raise ConfigError(
-            f"loss={cfg.loss.name} is not allowed with dataset={cfg.dataset.name} ({data.label_kind}-label); "
-            f"it supports {', '.join(sorted(criterion.label_kinds))}-label data"
-        )
+    criterion: ClassificationLoss = build_target(cfg.loss, "loss")  # pre-flight checked it suits the data
     criterion.prepare(data.train_class_counts, len(data.train))
-    reweighting: Reweighting = instantiate(cfg.reweight)
+    reweighting: Reweighting = build_target(cfg.reweight, "reweight")
     return criterion.to(device), reweighting
 
 def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, num_classes: int) -> None:
@@ -139,7 +121,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, criterion: Classifi
     loss_params = [p for p in criterion.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "weight_decay": 0.0})
-    factory = instantiate(cfg.optimizer)
+    factory = build_target(cfg.optimizer, "optimizer")
     options = inspect.signature(getattr(factory, "func", factory)).parameters
     extra = {}
     if switches.fused_optimizer and "fused" in options:
@@ -147,7 +129,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, criterion: Classifi
     if switches.cuda_graphs and "capturable" in options:
         extra["capturable"] = True  # Adam(W) keeps its step count on the device
     optimizer = factory(params=groups, **extra)
-    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_epochs=cfg.trainer.epochs)
+    scheduler = build_target(cfg.scheduler, "scheduler")(optimizer=optimizer, total_epochs=cfg.trainer.epochs)
     return optimizer, scheduler
 
 def build_loaders(

@@ -34,6 +34,10 @@ RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_work
 #: keys added to the config after runs were written, with the value those runs had: a saved config
 #: without the key is compared as if it held this value
 ADDED_KEYS = {"trainer.dtype": "float32"}
+#: the factories that conf/ named in `_target_` before each option named its class, picking the
+#: implementation by `name`: a saved config with one of them and the same `name` meant the same class
+OLD_FACTORY_TARGETS = ("imbalance_bench.losses.create_loss", "imbalance_bench.losses.create_reweighting",
+                       "imbalance_bench.data.create_dataset")
 
 
 @dataclass
@@ -151,6 +155,10 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     for key, value in ADDED_KEYS.items():
         if key not in flat_saved and key in flat_current:
             flat_saved[key] = value
+    for key, value in list(flat_saved.items()):
+        name = key.removesuffix("_target_") + "name"
+        if key.endswith("_target_") and value in OLD_FACTORY_TARGETS and flat_saved.get(name) == flat_current.get(name):
+            flat_saved[key] = flat_current.get(key)
     keys = sorted(set(flat_saved) | set(flat_current))
     return [k for k in keys if k not in RESUME_MAY_DIFFER and flat_saved.get(k) != flat_current.get(k)]
 

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -378,19 +379,19 @@ def preflight(argv: list[str], configs: list[DictConfig] | None = None) -> list[
                           "(to print a sweep job's config, run --cfg job with that job's values, without -m)")
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return []
-    if args.config_path or args.config_dir or (args.config_name not in (None, "config")):
+    if args.config_path or (args.config_name not in (None, "config")):
         return []  # a user config tree: Hydra reports its own composition errors
     jobs = expand_jobs(args.overrides, multirun=args.multirun)
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with config_search_path(args.config_dir):
         compose = SweepComposer() if len(jobs) > 1 else compose_job
         for overrides in jobs:
             check_group_options(overrides)
             check_added_keys(overrides)
             cfg = compose(overrides)
             validate(cfg)
-            check_combinations(cfg)
             check_ddp(cfg, world)
-            if not args.cfg:  # a run: Hydra makes its folder first thing, so check it can before
+            if not args.cfg:  # a run: check what the implementations declare (this imports them, and torch),
+                check_combinations(cfg)  # and since Hydra makes the run's folder first thing, that it can
                 key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
                 check_writable(Path(str(OmegaConf.select(cfg, key))), key)
             if configs is not None:
@@ -494,19 +495,42 @@ def check_added_keys(overrides: list[str]) -> None:
         compose_job([o.input_line.lstrip("+") if o in added else o.input_line for o in parsed])
 
 
-_GROUP_OPTIONS: dict[str, list[str]] = {}  # conf/ and the installed plugins do not change while imbench runs
+#: conf/, the installed plugins and a --config-dir do not change while imbench runs; keyed by search path
+_GROUP_OPTIONS: dict[tuple[str, str], list[str]] = {}
 
 
 def group_options(loader, group: str) -> list[str]:
     """Every option of a config group, nested ones as `sub/name` (conf/experiment/cui2019_table2/softmax.yaml
     is `experiment=cui2019_table2/softmax`), sorted. Listed once per process: Hydra reads the
     config sources again on each call, which a sweep of many jobs would pay per job."""
-    if group not in _GROUP_OPTIONS:
+    key = (" ".join(source.full_path() for source in loader.get_sources()), group)
+    if key not in _GROUP_OPTIONS:
         options = list(loader.get_group_options(group))
         for sub in loader.list_groups(group):
             options += [f"{sub}/{name}" for name in group_options(loader, f"{group}/{sub}")]
-        _GROUP_OPTIONS[group] = sorted(options)
-    return _GROUP_OPTIONS[group]
+        _GROUP_OPTIONS[key] = sorted(options)
+    return _GROUP_OPTIONS[key]
+
+
+@contextmanager
+def config_search_path(config_dir: str | None):
+    """Hydra set up on conf/ as the app sets itself up, with `--config-dir DIR` searched first (a
+    folder of the user's own options, e.g. DIR/loss/mine.yaml for `loss=mine`)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if config_dir is not None:
+            folder = Path(config_dir).expanduser().resolve()
+            if not folder.is_dir():
+                raise ConfigError(f"--config-dir {config_dir} is not allowed: no such folder")
+            search_path = create_config_search_path(str(CONF_DIR))
+            search_path.prepend(provider="command-line", path=f"file://{folder}",
+                                anchor=SearchPathQuery(provider="schema"))
+            GlobalHydra.instance().clear()  # initialize_config_dir puts back what was there before it
+            Hydra.create_main_hydra2(task_name="imbench", config_search_path=search_path)
+        yield
 
 
 def compose_job(overrides: list[str]) -> DictConfig:

@@ -19,6 +19,7 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from imbalance_bench import CONF_DIR, is_int
 from imbalance_bench.errors import ConfigError
 
 CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "recipe", "experiment")
@@ -54,11 +55,6 @@ SWITCH_KEYS = (
     "amp", "data_on_device", "decode_on_device", "channels_last", "fused_optimizer", "cuda_graphs", "cudnn_benchmark",
     "compile",
 )
-
-
-def is_int(v: Any) -> bool:
-    """An integer value, not a bool (which Python counts as one)."""
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _int(v: Any, low: int, high: int = INT64_MAX) -> bool:
@@ -633,31 +629,45 @@ def resolve_monitor(monitor: str, label_kind: str) -> str:
 
 
 def check_combinations(cfg: DictConfig) -> None:
-    """Choices that must suit each other, checked from the config alone (before any data is read):
-    the loss and the monitor against the dataset's label kind, the model against its image size."""
-    from imbalance_bench.data import dataset_image_size, dataset_label_kind
+    """Choices that must suit each other, checked before any data is read from what the classes that
+    `_target_` names declare (targets.py): each group's `name` label, the loss and the monitor
+    against the dataset's label kind, the model and the crop padding against its image size."""
+    from imbalance_bench.data import data_source
+    from imbalance_bench.targets import check_label, implementation
 
-    label_kind = dataset_label_kind(str(cfg.dataset.get("name", "")))
-    if label_kind is not None:
-        check_label_kind(cfg, label_kind)
-    image_size = dataset_image_size(cfg.dataset)
-    if image_size is not None:
-        check_model_input(cfg, image_size)
-        check_crop_padding(cfg, image_size)
+    for group in ("dataset", "model", "loss", "reweight"):
+        check_label(cfg[group], group)
+        for key, child in cfg[group].items():  # nested implementations: PLM's base losses
+            if isinstance(child, DictConfig) and "_target_" in child:
+                check_label(child, f"{group}.{key}")
+    source = data_source(cfg.dataset)
+    check_label_kind(cfg, source.label_kind, implementation(cfg.loss, "loss"))
+    image_size = source.image_side(cfg.dataset)
+    check_model_input(cfg, image_size)
+    check_crop_padding(cfg, image_size)
 
 
-def check_label_kind(cfg: DictConfig, label_kind: str) -> None:
+def label_kinds_of(loss: Any) -> frozenset[str]:
+    """The label kinds a loss class (or factory) declares it trains on; single-label if it declares none."""
+    return frozenset(getattr(loss, "label_kinds", ("single",)))
+
+
+def losses_for(label_kind: str) -> list[str]:
+    """The options of conf/loss whose classes train on `label_kind` ("single" or "multi") data."""
+    from imbalance_bench.targets import implementation
+
+    return [path.stem for path in sorted((CONF_DIR / "loss").glob("*.yaml"))
+            if label_kind in label_kinds_of(implementation(OmegaConf.load(path), f"loss={path.stem}"))]
+
+
+def check_label_kind(cfg: DictConfig, label_kind: str, loss: Any) -> None:
     """Keys that depend on the dataset's label kind: the monitor, and a loss made for that kind
     (no softmax loss on multi-label data, no label masking on single-label data)."""
-    from imbalance_bench.losses import LOSSES, losses_for
-
     resolve_monitor(cfg.trainer.monitor, label_kind)
-    dataset, loss = cfg.dataset.name, cfg.loss.name
-    allowed = losses_for(label_kind)
-    if loss in LOSSES and loss not in allowed:
-        raise ConfigError(
-            f"loss={loss} is not allowed with dataset={dataset} ({label_kind}-label): use one of {', '.join(allowed)}"
-        )
+    dataset = cfg.dataset.name
+    if label_kind not in label_kinds_of(loss):
+        raise ConfigError(f"loss={cfg.loss.name} is not allowed with dataset={dataset} ({label_kind}-label): "
+                          f"use one of {', '.join(losses_for(label_kind))}")
     if label_kind == "multi" and cfg.loss.get("softmax") is True:
         raise ConfigError(
             f"loss.softmax=true is not allowed with dataset={dataset} (multi-label): softmax needs one label per image"

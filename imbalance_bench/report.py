@@ -42,10 +42,10 @@ ALWAYS_SHOWN = {"loss.gamma", "loss.base", "reweight.beta"}
 # Config keys left out when runs are grouped: those that do not change a result (with checkpoint.py's
 # RESUME_MAY_DIFFER: trainer.resume, device, num_workers, progress_bar), and those a row or column
 # holds whole (every loss.* / reweight.* key is in the row's method; model.name is its model; the
-# column is the dataset, imbalance factor and profile). Any other model.* key (pretrained, ...) splits.
+# column is the dataset (its name; dataset._target_ names its class), imbalance factor and profile). Any other model.* key (pretrained, ...) splits.
 NOT_COMPARED = re.compile(
     r"^(seed|hydra\..*|dataset\.(root|download)|trainer\.eval_batch_size|"
-    r"dataset\.(name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*)$"
+    r"dataset\.(_target_|name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*)$"
 )
 # What runs of one config must also share to be averaged: train subset, epochs and steps completed.
 RUN_FACTS = ("subset_sha256", "epochs_completed", "steps")

@@ -276,7 +276,7 @@ def part_step(args, device: torch.device, root: Path) -> dict:
     """The ResNet-32 train step alone on a synthetic batch already on the device, switch by switch,
     and the eval forward (batch 512): where the time goes once the input pipeline is free."""
     from imbalance_bench.data.images import BatchTransform
-    from imbalance_bench.losses import create_loss
+    from imbalance_bench.losses import SoftmaxCrossEntropy
     from imbalance_bench.models import create_model
     from imbalance_bench.step import Precision, TrainStep
 
@@ -299,7 +299,7 @@ def part_step(args, device: torch.device, root: Path) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4, fused=fused or None)
         precision = Precision(device, amp, "bfloat16")
         compiled_model = torch.compile(model) if compiled else None
-        step = TrainStep(model, create_loss("ce"), optimizer, precision, channels_last, graphs, compiled_model)
+        step = TrainStep(model, SoftmaxCrossEntropy(), optimizer, precision, channels_last, graphs, compiled_model)
         reset_peak(device)
         started = time.perf_counter()
         for _ in range(5):  # warm-up, compilation and capture

@@ -23,7 +23,7 @@ from coco_files import image_id, write_coco
 from conftest import SMOKE
 from dataset_files import idx_header, write_cifar10, write_cifar100, write_idx, write_mnist_from_digits
 from imbalance_bench import cli
-from imbalance_bench.data import create_dataset, downloads_missing, missing_data
+from imbalance_bench.data import MnistLT, downloads_missing, missing_data
 from imbalance_bench.data import mnist as mnist_module
 from imbalance_bench.data.cifar import load_cifar
 from imbalance_bench.data.coco import build_coco
@@ -125,7 +125,7 @@ def test_a_digit_missing_from_a_split_is_refused(tmp_path, split, stem):
     count = 30 if split == "train" else 10
     write_idx(root / stem, np.arange(count, dtype=np.uint8) % 9, compress=False)  # no 9
     with pytest.raises(DataError) as err:
-        create_dataset("mnist_lt", root=str(root), **MNIST_KWARGS)
+        MnistLT(root=str(root), **MNIST_KWARGS).load()
     assert str(err.value) == f"{root}: the {split} split has no image of class 9; every class needs at least one"
 
 
@@ -276,10 +276,10 @@ def test_json_that_python_cannot_parse_is_one_line(coco_root, text, expected):
 # ------------------------------------------------------------------ presence checks (a table runs them before any job)
 
 
-@pytest.mark.parametrize("name, variant, write", [("cifar10_lt", "cifar10", write_cifar10),
-                                                  ("cifar100_lt", "cifar100", write_cifar100)])
-def test_cifar_is_present_with_its_folder_and_missing_says_what_the_reader_says(tmp_path, name, variant, write):
-    cfg = {"name": name, "root": str(tmp_path), "download": False}
+@pytest.mark.parametrize("source, variant, write", [("Cifar10LT", "cifar10", write_cifar10),
+                                                    ("Cifar100LT", "cifar100", write_cifar100)])
+def test_cifar_is_present_with_its_folder_and_missing_says_what_the_reader_says(tmp_path, source, variant, write):
+    cfg = {"_target_": f"imbalance_bench.data.{source}", "root": str(tmp_path), "download": False}
     with pytest.raises(DataError) as err:
         load_cifar(tmp_path, variant, download=False)
     assert missing_data(cfg) == str(err.value)
@@ -288,10 +288,10 @@ def test_cifar_is_present_with_its_folder_and_missing_says_what_the_reader_says(
     assert missing_data(cfg) is None
 
 
-@pytest.mark.parametrize("name", ["mnist_lt", "multimnist"])
-def test_mnist_is_present_in_the_root_or_bundled(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize("source", ["MnistLT", "MultiMnist"])
+def test_mnist_is_present_in_the_root_or_bundled(tmp_path, monkeypatch, source):
     """MultiMNIST is drawn from MNIST, so it needs what mnist_lt needs."""
-    cfg = {"name": name, "root": str(tmp_path), "download": False}
+    cfg = {"_target_": f"imbalance_bench.data.{source}", "root": str(tmp_path), "download": False}
     assert missing_data(cfg) is None  # the bundled copy
     monkeypatch.setattr(mnist_module, "bundled_mnist_folder", lambda: None)
     assert missing_data(cfg) == mnist_error(tmp_path)
@@ -302,7 +302,7 @@ def test_mnist_is_present_in_the_root_or_bundled(tmp_path, monkeypatch, name):
 @pytest.mark.parametrize("part", ["annotations/instances_train2017.json", "train2017",
                                   "annotations/instances_val2017.json", "val2017"])
 def test_coco_needs_both_instances_files_and_image_folders(coco_root, part):
-    cfg = {"name": "coco", "root": str(coco_root), "download": False}
+    cfg = {"_target_": "imbalance_bench.data.Coco", "root": str(coco_root), "download": False}
     assert missing_data(cfg) is None
     path = coco_root / part
     shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -367,7 +367,7 @@ def zero_image_warnings(caplog) -> list[str]:
 def test_classes_without_train_images_warn_once_naming_them(tmp_path, caplog):
     write_mnist_from_digits(tmp_path)
     with caplog.at_level(logging.WARNING, logger="imbench"):
-        data = create_dataset("mnist_lt", root=str(tmp_path), **{**MNIST_KWARGS, "imbalance_factor": 1e9})
+        data = MnistLT(root=str(tmp_path), **{**MNIST_KWARGS, "imbalance_factor": 1e9}).load()
     empty = [str(c) for c, n in enumerate(data.train_class_counts) if n == 0]
     assert len(empty) >= 5 and data.train_class_counts[0] > 0  # the profile rounds the tail to 0 images
     assert zero_image_warnings(caplog) == [
@@ -379,7 +379,7 @@ def test_classes_without_train_images_warn_once_naming_them(tmp_path, caplog):
 def test_a_normal_split_does_not_warn(tmp_path, caplog):
     write_mnist_from_digits(tmp_path)
     with caplog.at_level(logging.WARNING, logger="imbench"):
-        data = create_dataset("mnist_lt", root=str(tmp_path), **MNIST_KWARGS)
+        data = MnistLT(root=str(tmp_path), **MNIST_KWARGS).load()
     assert min(data.train_class_counts) > 0
     assert zero_image_warnings(caplog) == []
 

@@ -201,7 +201,7 @@ def test_one_process_batchnorm_is_plain_batchnorm():
 def _stateful_loss_steps(world: World, counts: list[int]) -> dict:
     """Two epochs of three steps of PLM around DFL (learnable gamma) on a tiny BatchNorm network in float64, through
     TrainStep and the DDP wrapper, then the loop's epoch end: counters summed, ratios updated."""
-    from imbalance_bench.losses import create_loss
+    from imbalance_bench.losses import DualFocalLoss, PartialLabelMasking
     from imbalance_bench.step import Precision, TrainStep
     from imbalance_bench.build import wrap_for_ddp
 
@@ -212,8 +212,8 @@ def _stateful_loss_steps(world: World, counts: list[int]) -> dict:
         model[-1].bias.copy_(torch.tensor([3.0, 1.0, -1.0, -2.0, -3.0]))
     if world.distributed:
         model = synchronize_batchnorm(model, torch.device("cpu"))
-    criterion = create_loss("plm", base="dfl", bins=10, lr=0.5, dfl=dict(
-        name="dfl", alpha=1.0, beta=1.0, gamma=2.0, rho=1.0, learnable=True, gamma_min=0.0, gamma_max=5.0))
+    criterion = PartialLabelMasking(DualFocalLoss(alpha=1.0, beta=1.0, gamma=2.0, rho=1.0, learnable=True, gamma_min=0.0,
+                                                  gamma_max=5.0), bins=10, lr=0.5)
     criterion.prepare(counts, 27)
     optimizer = torch.optim.SGD([*model.parameters(), *criterion.parameters()], lr=0.5)
     precision = Precision(torch.device("cpu"), False, "bfloat16")
@@ -477,13 +477,13 @@ def test_resumed_processes_count_the_checkpoints_epoch_counts_once():
     resume rank 0 carries them on and the others start from zero, so the epoch-end sum is the
     whole run's count whatever the number of processes."""
     from imbalance_bench.checkpoint import Generators, History, TrainState
-    from imbalance_bench.losses import create_loss
+    from imbalance_bench.losses import PartialLabelMasking, SigmoidCrossEntropy
 
     def fresh():
         model = torch.nn.Linear(2, 3)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-        criterion = create_loss("plm", base="bce", bins=4, lr=0.1, bce=dict(name="bce"))
+        criterion = PartialLabelMasking(SigmoidCrossEntropy(), bins=4, lr=0.1)
         criterion.prepare([5, 2, 1], 9)
         return model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), criterion
 

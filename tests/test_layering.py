@@ -19,9 +19,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "imbalance_bench"
 LAYERS = (
     ("__init__", "errors"),  # the version and CONF_DIR; user errors and the exit codes
     # each stands on its own: no other module of the package but errors
-    ("safe_pickle", "runfiles", "signals", "distributed", "summary", "metrics", "schedulers", "reference"),
+    ("safe_pickle", "runfiles", "signals", "distributed", "summary", "metrics", "schedulers", "reference", "targets"),
     ("data", "losses", "models"),  # datasets, losses, networks
-    ("config",),  # the schemas and checks, which read the dataset and loss registries
+    ("config",),  # the schemas and checks, which read what the dataset and loss classes declare
     ("device", "step", "checkpoint", "rundir"),  # the pieces of a run
     ("build",),  # building a run from its config
     ("outputs",),  # what a run writes
@@ -123,9 +123,9 @@ def test_every_module_opens_with_a_docstring(module):
 
 def test_the_check_sees_function_level_and_package_imports():
     """The parser finds what the layering rests on: a lazy import inside a function (config reads the
-    dataset registry there), `from imbalance_bench import name` (a submodule, or the package's own name)."""
+    dataset classes there), `from imbalance_bench import name` (a submodule, or the package's own name)."""
     modules = module_names()
-    assert {"data", "losses", "errors"} <= imported_modules("config", modules["config"], modules)
+    assert {"data", "targets", "errors"} <= imported_modules("config", modules["config"], modules)
     assert {"config", "train", "__init__"} <= imported_modules("cli", modules["cli"], modules)
     assert "__init__" in imported_modules("data.mnist", modules["data.mnist"], modules)
     assert rank("data.images") < rank("data.bundle") < rank("data") < rank("config") < rank("train")

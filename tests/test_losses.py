@@ -14,16 +14,15 @@ from imbalance_bench.losses import (
     SigmoidCrossEntropy,
     SigmoidFocalLoss,
     SoftmaxCrossEntropy,
+    SoftmaxFocalLoss,
     class_balanced_weights,
-    create_loss,
-    create_reweighting,
+    create_focal,
     inverse_frequency_weights,
     sigmoid_cross_entropy,
     sigmoid_focal_loss,
     softmax_cross_entropy,
     softmax_focal_loss,
 )
-from imbalance_bench.errors import ConfigError
 
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
@@ -134,24 +133,18 @@ def test_focal_down_weights_easy_examples():
     assert ratio_focal < ratio_bce / 100
 
 
-def test_factories_and_prior_bias():
-    assert isinstance(create_loss("ce"), SoftmaxCrossEntropy)
-    assert isinstance(create_loss("bce"), SigmoidCrossEntropy)
-    focal = create_loss("focal", gamma=0.5, softmax=False)
+def test_focal_option_and_prior_bias():
+    focal = create_focal(gamma=0.5, softmax=False)
     assert isinstance(focal, SigmoidFocalLoss) and focal.gamma == 0.5
-    assert create_loss("bce").classifier_bias(10) == pytest.approx(-math.log(9))
+    assert isinstance(create_focal(gamma=0.5, softmax=True), SoftmaxFocalLoss)
+    assert SigmoidCrossEntropy().classifier_bias(10) == pytest.approx(-math.log(9))
     assert focal.classifier_bias(100) == pytest.approx(-math.log(99))
-    assert create_loss("ce").classifier_bias(10) is None
-    assert create_loss("focal", gamma=1.0, softmax=True).classifier_bias(10) is None
-    assert isinstance(create_reweighting("cb", beta=0.9, start_epoch=0), ClassBalanced)
-    with pytest.raises(ConfigError, match="loss.name=hinge"):
-        create_loss("hinge")
-    with pytest.raises(ConfigError, match="reweight.name=x"):
-        create_reweighting("x")
+    assert SoftmaxCrossEntropy().classifier_bias(10) is None
+    assert create_focal(gamma=1.0, softmax=True).classifier_bias(10) is None
 
 
 def test_losses_are_device_and_dtype_agnostic(batch):
     logits, labels = batch
-    for loss in (create_loss("ce"), create_loss("bce"), create_loss("focal", gamma=2.0, softmax=False)):
+    for loss in (SoftmaxCrossEntropy(), SigmoidCrossEntropy(), SigmoidFocalLoss(gamma=2.0)):
         value = loss(logits.to(torch.bfloat16), labels, torch.ones(10))
         assert value.dtype == torch.float32 and np.isfinite(value.item())

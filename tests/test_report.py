@@ -24,12 +24,18 @@ CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CIFAR10_IF10 = [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
 
 
+LOSS_CLASSES = {"ce": "softmax_ce.SoftmaxCrossEntropy", "bce": "sigmoid_bce.SigmoidCrossEntropy",
+                "focal": "focal.create_focal", "ldam": "ldam.LDAMLoss", "asl": "asl.AsymmetricLoss"}
+REWEIGHT_CLASSES = {"none": "Reweighting", "cb": "ClassBalanced", "inverse_freq": "InverseFrequency"}
+
+
 def loss_cfg(name, **params):
-    return {"_target_": "imbalance_bench.losses.create_loss", "name": name, **params}
+    return {"_target_": f"imbalance_bench.losses.{LOSS_CLASSES[name]}", "name": name, **params}
 
 
 def reweight_cfg(name="none", **params):
-    return {"_target_": "imbalance_bench.losses.create_reweighting", "name": name, "start_epoch": 0, **params}
+    return {"_target_": f"imbalance_bench.losses.reweight.{REWEIGHT_CLASSES[name]}", "name": name, "start_epoch": 0,
+            **params}
 
 
 def write_run(path: Path, *, seed=0, top1=0.7, best_top1=None, loss=None, reweight=None, dataset="cifar10_lt",

@@ -244,14 +244,14 @@ def test_a_signal_while_the_data_is_read_is_one_line_and_exit_75(smoke, tmp_path
                                                                  signum):
     import imbalance_bench.build as build_module
 
-    original = build_module.instantiate
+    original = build_module.build_target
 
-    def signal_during_dataset(node, **kwargs):
-        if "_target_" in node and "data" in str(node["_target_"]):
+    def signal_during_dataset(node, key, **kwargs):
+        if key == "dataset":
             os.kill(os.getpid(), signum)
-        return original(node, **kwargs)
+        return original(node, key, **kwargs)
 
-    monkeypatch.setattr(build_module, "instantiate", signal_during_dataset)
+    monkeypatch.setattr(build_module, "build_target", signal_during_dataset)
     run_dir = tmp_path / "run"
     code, err = imbench_in_process(*smoke, f"hydra.run.dir={run_dir}")
     assert code == EXIT_STOPPED

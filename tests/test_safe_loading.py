@@ -198,8 +198,12 @@ def test_a_stopped_run_with_loss_state_checkpoints_only_tensors_and_plain_values
 
 def old_layout(path: Path, numpy_major: int) -> None:
     """Rewrite the checkpoint at `path` as imbench wrote it before RNG states were tensors: NumPy's
-    state as np.random.get_state() gives it (an ndarray), pickled by NumPy `numpy_major`."""
+    state as np.random.get_state() gives it (an ndarray), pickled by NumPy `numpy_major`; and before
+    each option named its class, its config's `_target_`s the factories that picked one by `name`."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for group, factory in (("dataset", "data.create_dataset"), ("loss", "losses.create_loss"),
+                           ("reweight", "losses.create_reweighting")):
+        checkpoint["config"][group]["_target_"] = f"imbalance_bench.{factory}"
     name, keys, *rest = checkpoint["rng"]["numpy"]
     checkpoint["rng"]["numpy"] = (name, keys.numpy().astype(np.uint32), *rest)
     numpy1 = types.ModuleType("numpy1_pickle")
@@ -209,7 +213,7 @@ def old_layout(path: Path, numpy_major: int) -> None:
 
 def test_a_checkpoint_of_the_old_layout_resumes_like_a_new_one(compose_cfg, data_root, tmp_path, monkeypatch, caplog):
     """A last.pt written before RNG states were tensors, by NumPy 2 or NumPy 1 (whose module names
-    NumPy 2 no longer writes), loads with NumPy's state as it was, and the run resumed from it ends
+    NumPy 2 no longer writes), and before options named their classes, loads with NumPy's state as it was, and the run resumed from it ends
     exactly as one resumed from the same checkpoint in the new layout."""
     from imbalance_bench.train import run
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from imbalance_bench.data.images import BatchTransform, DeviceLoader, ImageSplit, make_loader
 from imbalance_bench.device import Switches
-from imbalance_bench.losses import create_loss
+from imbalance_bench.losses import SoftmaxCrossEntropy
 from imbalance_bench.models import create_model
 from imbalance_bench.schedulers import warmup_multistep
 from imbalance_bench.step import Precision, TrainStep, current_lr, learning_rates_on_device
@@ -86,7 +86,7 @@ def tiny_setup(seed=0, channels_last=False, amp=False, fused=False):
     torch.manual_seed(seed)
     model = create_model("resnet32", num_classes=10, in_chans=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, fused=fused or None)
-    step = TrainStep(model, create_loss("ce"), optimizer, Precision(CPU, amp, "bfloat16"), channels_last, False)
+    step = TrainStep(model, SoftmaxCrossEntropy(), optimizer, Precision(CPU, amp, "bfloat16"), channels_last, False)
     return model, optimizer, step
 
 
@@ -189,7 +189,7 @@ def test_graph_replay_trains_like_the_eager_step(amp, exact_fp32):
         torch.manual_seed(0)
         model = create_model("resnet32", num_classes=10, in_chans=3).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, fused=True)
-        step = TrainStep(model, create_loss("ce"), optimizer, Precision(device, amp, "bfloat16"), False, graphs)
+        step = TrainStep(model, SoftmaxCrossEntropy(), optimizer, Precision(device, amp, "bfloat16"), False, graphs)
         losses = [step(x.to(device), y.to(device), None).item() for x, y in batches(8, size=32)]
         short = batches(1, seed=9, size=5)[0]  # a short last batch runs eagerly beside the graph
         losses.append(step(short[0].to(device), short[1].to(device), None).item())
@@ -206,7 +206,7 @@ def captured_step():
     torch.manual_seed(0)
     model = create_model("resnet32", num_classes=10, in_chans=3).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
-    step = TrainStep(model, create_loss("ce"), optimizer, Precision(device, False, "bfloat16"), False, True)
+    step = TrainStep(model, SoftmaxCrossEntropy(), optimizer, Precision(device, False, "bfloat16"), False, True)
     data = [(x.to(device), y.to(device)) for x, y in batches(6, size=16)]
     for inputs, labels in data[:4]:
         step(inputs, labels, None)

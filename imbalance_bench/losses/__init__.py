@@ -1,8 +1,8 @@
-"""Losses and class re-weighting: registries and the factories conf/loss and conf/reweight target."""
+"""Losses and class re-weighting. Each conf/loss and conf/reweight option names its class in `_target_`;
+the class declares its name and the label kinds it trains on (see targets.py)."""
 
 from __future__ import annotations
 
-from imbalance_bench.errors import ConfigError
 from imbalance_bench.losses.asl import AsymmetricLoss, asymmetric_terms
 from imbalance_bench.losses.balanced_softmax import BalancedSoftmax, balanced_softmax_loss, log_class_prior
 from imbalance_bench.losses.base import ClassificationLoss, SigmoidLoss, reduce_terms
@@ -22,52 +22,6 @@ from imbalance_bench.losses.reweight import (
 from imbalance_bench.losses.sigmoid_bce import SigmoidCrossEntropy, sigmoid_cross_entropy
 from imbalance_bench.losses.softmax_ce import SoftmaxCrossEntropy, softmax_cross_entropy
 
-
-
-def create_plm(base: str, bins: int, lr: float, **base_configs) -> PartialLabelMasking:
-    """PLM around the base loss `base`, built from its own config node (`loss.<base>`)."""
-    options = {str(k): v for k, v in base_configs[base].items() if not str(k).startswith("_")}
-    base_loss = create_loss(**options)
-    if not isinstance(base_loss, SigmoidLoss):
-        raise ConfigError(f"loss.base={base} is not allowed: PLM needs a one-vs-all sigmoid loss (bce, focal, dfl)")
-    return PartialLabelMasking(base_loss, bins=bins, lr=lr)
-
-
-create_plm.label_kinds = PartialLabelMasking.label_kinds
-
-
-LOSSES = {
-    "ce": SoftmaxCrossEntropy,
-    "bce": SigmoidCrossEntropy,
-    "focal": create_focal,
-    "dfl": DualFocalLoss,
-    "plm": create_plm,
-    "ldam": LDAMLoss,
-    "balanced_softmax": BalancedSoftmax,
-    "asl": AsymmetricLoss,
-}
-REWEIGHTINGS = {"none": Reweighting, "cb": ClassBalanced, "inverse_freq": InverseFrequency}
-
-
-def losses_for(label_kind: str) -> list[str]:
-    """The loss names whose losses train on `label_kind` ("single" or "multi") data, sorted."""
-    return sorted(name for name, factory in LOSSES.items() if label_kind in factory.label_kinds)
-
-
-def create_loss(name: str, **kwargs) -> ClassificationLoss:
-    """The loss `name` (one of LOSSES) built from its config keys."""
-    if name not in LOSSES:
-        raise ConfigError(f"loss.name={name} is not allowed: must be one of {', '.join(sorted(LOSSES))}")
-    return LOSSES[name](**kwargs)
-
-
-def create_reweighting(name: str, **kwargs) -> Reweighting:
-    """The re-weighting scheme `name` (one of REWEIGHTINGS) built from its config keys."""
-    if name not in REWEIGHTINGS:
-        raise ConfigError(f"reweight.name={name} is not allowed: must be one of {', '.join(sorted(REWEIGHTINGS))}")
-    return REWEIGHTINGS[name](**kwargs)
-
-
 __all__ = [
     "AsymmetricLoss",
     "asymmetric_terms",
@@ -80,8 +34,6 @@ __all__ = [
     "ClassificationLoss",
     "DualFocalLoss",
     "PartialLabelMasking",
-    "create_plm",
-    "losses_for",
     "dual_focal_terms",
     "SigmoidLoss",
     "reduce_terms",
@@ -95,8 +47,6 @@ __all__ = [
     "InverseFrequency",
     "class_balanced_weights",
     "inverse_frequency_weights",
-    "create_loss",
-    "create_reweighting",
     "sigmoid_cross_entropy",
     "sigmoid_focal_loss",
     "softmax_cross_entropy",

@@ -54,6 +54,8 @@ class AsymmetricLoss(SigmoidLoss):
     instead of a sum over the batch, which only rescales the learning rate.
     """
 
+    name = "asl"
+
     def __init__(self, gamma_pos: float, gamma_neg: float, clip: float):
         super().__init__()
         if gamma_pos < 0 or gamma_neg < 0:

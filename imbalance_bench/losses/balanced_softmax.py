@@ -37,6 +37,8 @@ class BalancedSoftmax(ClassificationLoss):
     project's softmax CE (w_{y_i} per sample, mean over samples).
     """
 
+    name = "balanced_softmax"
+
     def __init__(self):
         super().__init__()
         # derived from the class counts, so recomputed by `prepare` rather than checkpointed

@@ -38,8 +38,14 @@ def batch_mean(per_term: torch.Tensor) -> torch.Tensor:
 
 
 class ClassificationLoss(nn.Module):
-    """Base: `forward(logits, targets, class_weights=None)` returns a scalar."""
+    """Base: `forward(logits, targets, class_weights=None)` returns a scalar.
 
+    What imbench must know of a loss before building it is declared here, on the class, and read by
+    pre-flight from the class that `loss._target_` names: its `name` (the option, which labels runs),
+    the label kinds it trains on, and its head."""
+
+    #: the loss option's name (conf/loss/<name>.yaml), the `loss.name` label of its runs
+    name: str = ""
     #: label kinds the loss accepts ("single", "multi")
     label_kinds: frozenset[str] = frozenset({"single"})
     #: True when the head is a set of one-vs-all sigmoids

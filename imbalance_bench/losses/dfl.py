@@ -48,6 +48,8 @@ class DualFocalLoss(SigmoidLoss):
     gradient descent raises an unbounded gamma forever (the loss always falls as gamma grows).
     """
 
+    name = "dfl"
+
     def __init__(
         self,
         alpha: float,

@@ -41,6 +41,8 @@ class SigmoidFocalLoss(SigmoidLoss):
     """Focal loss in its sigmoid form (Cui et al. 2019, eq. 12): one term per (sample, class), so it
     takes multi-hot targets too, and PLM can mask its terms."""
 
+    name = "focal"
+
     def __init__(self, gamma: float):
         super().__init__()
         self.gamma = float(gamma)
@@ -54,6 +56,8 @@ class SigmoidFocalLoss(SigmoidLoss):
 
 class SoftmaxFocalLoss(ClassificationLoss):
     """Focal loss in its softmax form (Lin et al. 2017): one term per sample, integer labels only."""
+
+    name = "focal"
 
     def __init__(self, gamma: float):
         super().__init__()
@@ -71,4 +75,7 @@ def create_focal(gamma: float, softmax: bool = False) -> SigmoidFocalLoss | Soft
     return SoftmaxFocalLoss(gamma) if softmax else SigmoidFocalLoss(gamma)
 
 
+# what conf/loss/focal.yaml's target declares: either form's name, and the label kinds of the two together
+# (softmax=true on multi-label data is refused by its own check, config.check_label_kind)
+create_focal.name = SigmoidFocalLoss.name
 create_focal.label_kinds = SigmoidFocalLoss.label_kinds | SoftmaxFocalLoss.label_kinds

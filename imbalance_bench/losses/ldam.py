@@ -58,6 +58,8 @@ class LDAMLoss(ClassificationLoss):
     batch's mean weight, i.e. a rescaling of the learning rate after the DRW switch.
     """
 
+    name = "ldam"
+
     def __init__(self, max_margin: float, scale: float, normalized_classifier: bool):
         super().__init__()
         if not max_margin > 0:

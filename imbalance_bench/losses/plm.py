@@ -7,7 +7,9 @@ from typing import Any, Sequence
 import torch
 
 from imbalance_bench.distributed import batch_draw
+from imbalance_bench.errors import ConfigError
 from imbalance_bench.losses.base import SigmoidLoss, as_multi_hot, reduce_terms
+from imbalance_bench.targets import build
 
 #: added to each bin of a normalised histogram before the KL divergence, so that an empty top
 #: (bottom) bin gives a large finite divergence, log((1 + bins * eps) / eps) ~ 9.2 nats for
@@ -116,6 +118,8 @@ class PartialLabelMasking(SigmoidLoss):
     State (ratios, histograms, divergences) lives in buffers, so the checkpoint carries it.
     """
 
+    name = "plm"
+
     label_kinds = frozenset({"multi"})  # masking balances each class's positives against its negatives
 
     def __init__(self, base: SigmoidLoss, bins: int, lr: float):
@@ -139,6 +143,14 @@ class PartialLabelMasking(SigmoidLoss):
         self.register_buffer("kept_neg", torch.zeros(0, dtype=torch.long))
         self.register_buffer("divergence_pos", torch.zeros(0))
         self.register_buffer("divergence_neg", torch.zeros(0))
+
+    @classmethod
+    def around(cls, base: str, bins: int, lr: float, **base_configs) -> PartialLabelMasking:
+        """`loss=plm`: PLM around the base loss `base`, built from its own config node (`loss.<base>`)."""
+        base_loss = build(base_configs[base], f"loss.{base}")
+        if not isinstance(base_loss, SigmoidLoss):
+            raise ConfigError(f"loss.base={base} is not allowed: PLM needs a one-vs-all sigmoid loss (bce, focal, dfl)")
+        return cls(base_loss, bins=bins, lr=lr)
 
     _PER_CLASS_BUFFERS = (
         "class_ratio", "target_ratio", "frozen", "hist_pos", "hist_neg",

@@ -24,5 +24,7 @@ def sigmoid_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, class_wei
 class SigmoidCrossEntropy(SigmoidLoss):
     """One-vs-all sigmoid cross-entropy; takes integer labels or multi-hot targets."""
 
+    name = "bce"
+
     def per_element(self, logits, targets):
         return sigmoid_cross_entropy_terms(logits, targets)

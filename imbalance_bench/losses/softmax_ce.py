@@ -21,5 +21,7 @@ def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, class_wei
 class SoftmaxCrossEntropy(ClassificationLoss):
     """Softmax cross-entropy over integer labels (single-label only)."""
 
+    name = "ce"
+
     def forward(self, logits, targets, class_weights=None):
         return softmax_cross_entropy(logits, targets, class_weights)
