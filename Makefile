@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# the fast suite runs on two pytest-xdist workers, a test file each at a time (module fixtures run once)
+TEST_WORKERS ?= 2
 
 .PHONY: install run test test-all clean
 
@@ -28,7 +30,7 @@ run: install
 
 ## the fast suite (what CI runs)
 test: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## everything, including the slow end-to-end runs on real MNIST
 test-all: install

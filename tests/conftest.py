@@ -20,6 +20,14 @@ CONF_DIR = REPO / "conf"
 # the processes the tests start inherit it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# Under pytest-xdist (`make test` runs two workers) each worker, and every process it starts, computes
+# on one thread: two workers of two threads each would share two cores four ways.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Overrides that shrink any run to a CPU smoke test.
 SMOKE = ["trainer.device=cpu", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=16",
          "trainer.progress_bar=false", "trainer.num_workers=0"]

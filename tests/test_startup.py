@@ -1,4 +1,4 @@
-"""Start-up cost: `imbench --help` and a config mistake answer without importing torch,
+"""Start-up cost: `imbench --help`, `imbench --cfg job` and a config mistake answer without importing torch,
 torchvision, timm or scikit-learn (each takes seconds to import on a small machine), so a typo
 costs a fraction of a second. Fresh interpreters, since this test process has them all loaded."""
 
@@ -18,13 +18,15 @@ try:
     main()
 except SystemExit as exc:
     print("EXIT", exc.code, file=sys.stderr)
+else:
+    print("EXIT", 0, file=sys.stderr)
 print("HEAVY", *[m for m in {heavy!r} if m in sys.modules], file=sys.stderr)
 """.format(heavy=HEAVY)
 
 
-@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["reweight=cb", "reweight.beta=2"], 2),
-                                        (["trainer.epoch=3"], 2)])
-def test_help_and_a_config_mistake_import_no_heavy_module(tmp_path, argv, code):
+@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--cfg", "job", "experiment=focal_coco_f2"], 0),
+                                        (["reweight=cb", "reweight.beta=2"], 2), (["trainer.epoch=3"], 2)])
+def test_help_cfg_and_a_config_mistake_import_no_heavy_module(tmp_path, argv, code):
     proc = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=tmp_path, env=imbench_environment(),
                           capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()

@@ -40,32 +40,30 @@ class LongTailImages(DataSource):
                                      limit_test, transform)
 
 
-class Cifar10LT(LongTailImages):
-    """Long-tailed CIFAR-10 from torchvision's `cifar-10-batches-py` pickles."""
+class CifarLT(LongTailImages):
+    """Long-tailed CIFAR from torchvision's pickles (`variant`: cifar10 or cifar100)."""
 
-    name = "cifar10_lt"
+    variant = ""
     downloadable = True
 
     @classmethod
     def missing(cls, root):
-        return missing_cifar(root, "cifar10")
+        return missing_cifar(root, cls.variant)
 
     def read(self, root, download):
-        return load_cifar(root, "cifar10", download)
+        return load_cifar(root, self.variant, download)
 
 
-class Cifar100LT(LongTailImages):
-    """Long-tailed CIFAR-100 from torchvision's `cifar-100-python` pickles."""
+class Cifar10LT(CifarLT):
+    """Long-tailed CIFAR-10, from `cifar-10-batches-py`."""
 
-    name = "cifar100_lt"
-    downloadable = True
+    name, variant = "cifar10_lt", "cifar10"
 
-    @classmethod
-    def missing(cls, root):
-        return missing_cifar(root, "cifar100")
 
-    def read(self, root, download):
-        return load_cifar(root, "cifar100", download)
+class Cifar100LT(CifarLT):
+    """Long-tailed CIFAR-100, from `cifar-100-python`."""
+
+    name, variant = "cifar100_lt", "cifar100"
 
 
 class MnistLT(LongTailImages):
@@ -135,5 +133,5 @@ def downloads_missing(dataset_cfg: Any) -> bool:
     return bool(dataset_cfg.get("download")) and data_source(dataset_cfg).downloadable
 
 
-__all__ = ["Cifar100LT", "Cifar10LT", "Coco", "DataBundle", "DataSource", "LongTailImages", "MnistLT", "MultiMnist",
+__all__ = ["Cifar100LT", "Cifar10LT", "CifarLT", "Coco", "DataBundle", "DataSource", "LongTailImages", "MnistLT", "MultiMnist",
            "data_source", "downloads_missing", "missing_data"]
