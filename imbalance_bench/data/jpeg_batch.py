@@ -19,8 +19,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from imbalance_bench.errors import DataError
 
@@ -68,6 +66,8 @@ def as_uint8(buffer: bytearray) -> torch.Tensor:
 
 def decode_rgb_bytes(data: torch.Tensor, path: str) -> torch.Tensor:
     """uint8 (3, H, W) RGB image on the CPU from encoded bytes; grayscale and CMYK JPEGs are converted."""
+    from torchvision.io import ImageReadMode, decode_image  # torchvision takes a second to import: when decoding
+
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError as exc:
@@ -88,6 +88,8 @@ def check_complete(raw: bytes, path: str) -> None:
 
 def crop_resize(image: torch.Tensor, box: Box | None, size: int) -> torch.Tensor:
     """uint8 (3, size, size): the `box` of the image, or with None all of it, antialiased bilinear."""
+    from torchvision.transforms.v2 import functional as TF
+
     if box is None:
         return TF.resize(image, [size, size], antialias=True)
     return TF.resized_crop(image, *box, [size, size], antialias=True)
@@ -139,6 +141,8 @@ class EncodedBatch:
 
     def _decode(self, device: torch.device) -> list[torch.Tensor | None]:
         """All images in one decoder call; when that fails, one at a time to find the bad ones."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         encoded = list(torch.split(self.data, self.lengths))
         if not encoded:
             return []
@@ -151,6 +155,8 @@ class EncodedBatch:
     def _decode_one(self, data: torch.Tensor, path: str, device: torch.device) -> torch.Tensor | None:
         """One image on `device`. What the device's decoder refuses (a non-JPEG file, say) goes to
         the CPU path's decoder; None when that fails too and skipping is on."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
