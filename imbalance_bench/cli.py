@@ -408,9 +408,11 @@ def join_ddp_run(argv: list[str], overrides: list[str], world: World) -> list[st
     """The command line of this process of a DDP run: rank 0 resolves the run directory (its
     `${now:...}` included) and every process is given that one directory, so that the run has one
     folder, not one per process. Processes other than rank 0 write no .hydra/ and no log file."""
+    from hydra._internal.utils import get_args_parser
+
     run_dir = None
     if world.is_main:
-        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with config_search_path(get_args_parser().parse_known_args(argv)[0].config_dir):
             run_dir = str(compose_job(overrides).hydra.run.dir)
     run_dir = world.broadcast(run_dir)
     quiet = () if world.is_main else DDP_QUIET
