@@ -325,6 +325,11 @@ class LdamLossSchema(PlainLossSchema):
 
 
 @dataclass
+class LogitAdjustedLossSchema(PlainLossSchema):
+    tau: float = number(0)
+
+
+@dataclass
 class AsymmetricLossSchema(PlainLossSchema):
     gamma_pos: float = number(0)
     gamma_neg: float = number(0)
@@ -510,6 +515,7 @@ SCHEMAS = [
     ("loss", "plm", PartialLabelMaskingSchema),
     ("loss", "ldam", LdamLossSchema),
     ("loss", "asl", AsymmetricLossSchema),
+    ("loss", "logit_adjusted", LogitAdjustedLossSchema),
     ("reweight", "plain", ReweightSchema),
     ("reweight", "class_balanced", ClassBalancedSchema),
     ("optimizer", "sgd", SGDSchema),

@@ -41,6 +41,7 @@ PACKAGE_LAYERS = {
         ("base", "reweight"),
         ("softmax_ce", "sigmoid_bce", "focal", "asl", "dfl", "plm"),
         ("balanced_softmax", "ldam"),  # softmax cross-entropy with adjusted logits
+        ("logit_adjusted",),  # Balanced Softmax's prior, scaled by tau
     ),
     "models": (("heads", "resnet_cifar", "sync_batchnorm"),),
 }

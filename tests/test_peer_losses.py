@@ -15,6 +15,7 @@ from imbalance_bench.losses import (
     AsymmetricLoss,
     BalancedSoftmax,
     LDAMLoss,
+    LogitAdjustedLoss,
     SigmoidFocalLoss,
     asymmetric_terms,
     ldam_loss,
@@ -224,12 +225,35 @@ def test_swapped_head_still_runs(name):
 # ---------------------------------------------------------------- config and end to end
 
 
+def test_logit_adjusted_loss_by_hand():
+    """Two classes with train counts 3 and 1 (pi = 3/4, 1/4), logits (0, 0), label 1, tau = 2:
+    z + tau log pi = (2 log 3/4, 2 log 1/4), so L = -log(e^(2 log 1/4) / (e^(2 log 3/4) + e^(2 log 1/4)))
+    = -log((1/16) / (9/16 + 1/16)) = log 10."""
+    loss = LogitAdjustedLoss(tau=2.0)
+    loss.prepare([3, 1], 4)
+    assert loss(torch.zeros(1, 2), torch.tensor([1])).item() == pytest.approx(math.log(10), rel=1e-6)
+
+
+def test_logit_adjusted_loss_spans_ce_and_balanced_softmax():
+    logits, labels, _, weights = random_batch(16, 10, 0.2)
+    balanced = BalancedSoftmax()
+    balanced.prepare(COUNTS, sum(COUNTS))
+    for tau, reference in ((0.0, lambda w: softmax_cross_entropy(logits, labels, w)),
+                           (1.0, lambda w: balanced(logits, labels, w))):
+        loss = LogitAdjustedLoss(tau)
+        loss.prepare(COUNTS, sum(COUNTS))
+        assert torch.allclose(loss(logits, labels), reference(None))
+        assert torch.allclose(loss(logits, labels, weights), reference(weights))
+
+
 def test_yaml_defaults_build_the_losses(compose_cfg):
     ldam = build(compose_cfg(["loss=ldam"]).loss, "loss")
     assert isinstance(ldam, LDAMLoss) and (ldam.max_margin, ldam.scale, ldam.normalized_classifier) == (0.5, 30.0, True)
     asl = build(compose_cfg(["loss=asl"]).loss, "loss")
     assert isinstance(asl, AsymmetricLoss) and (asl.gamma_pos, asl.gamma_neg, asl.clip) == (0.0, 4.0, 0.05)
     assert isinstance(build(compose_cfg(["loss=balanced_softmax"]).loss, "loss"), BalancedSoftmax)
+    adjusted = build(compose_cfg(["loss=logit_adjusted"]).loss, "loss")
+    assert isinstance(adjusted, LogitAdjustedLoss) and adjusted.tau == 1.0
 
 
 @pytest.mark.parametrize(
@@ -248,7 +272,7 @@ def test_bad_values_name_the_key(compose_cfg, overrides, key):
         validate(compose_cfg(overrides))
 
 
-@pytest.mark.parametrize("name", ["ldam", "balanced_softmax"])
+@pytest.mark.parametrize("name", ["ldam", "balanced_softmax", "logit_adjusted"])
 def test_softmax_losses_refuse_multi_label_data(compose_cfg, name):
     with pytest.raises(ConfigError, match=f"loss={name} is not allowed with dataset=multimnist"):
         check_combinations(compose_cfg(["dataset=multimnist", f"loss={name}"]))

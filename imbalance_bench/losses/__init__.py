@@ -11,6 +11,7 @@ from imbalance_bench.losses.focal import (
     SigmoidFocalLoss, SoftmaxFocalLoss, create_focal, sigmoid_focal_loss, softmax_focal_loss,
 )
 from imbalance_bench.losses.ldam import LDAMLoss, ldam_loss, ldam_margins
+from imbalance_bench.losses.logit_adjusted import LogitAdjustedLoss
 from imbalance_bench.losses.plm import PartialLabelMasking
 from imbalance_bench.losses.reweight import (
     ClassBalanced,
@@ -29,6 +30,7 @@ __all__ = [
     "balanced_softmax_loss",
     "log_class_prior",
     "LDAMLoss",
+    "LogitAdjustedLoss",
     "ldam_loss",
     "ldam_margins",
     "ClassificationLoss",
