@@ -485,6 +485,8 @@ class MetricsSchema:
     many_shot_above: int = integer(0)
     few_shot_below: int = integer(0)
     threshold: float = rule(lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)")
+    logit_adjust_tau: Optional[float] = rule(lambda v: v is None or (_f32(v) and v >= 0),
+                                             f"null or a number >= 0 and <= {F32}")
 
     @staticmethod
     def cross_check(node: dict, root: dict, prefix: str) -> None:
@@ -674,6 +676,9 @@ def check_label_kind(cfg: DictConfig, label_kind: str, loss: Any) -> None:
     if label_kind not in label_kinds_of(loss):
         raise ConfigError(f"loss={cfg.loss.name} is not allowed with dataset={dataset} ({label_kind}-label): "
                           f"use one of {', '.join(losses_for(label_kind))}")
+    if label_kind == "multi" and cfg.metrics.get("logit_adjust_tau") is not None:
+        raise ConfigError(f"metrics.logit_adjust_tau={cfg.metrics.logit_adjust_tau} is not allowed with "
+                          f"dataset={dataset} (multi-label): post-hoc logit adjustment re-ranks one label per image")
     if label_kind == "multi" and cfg.loss.get("softmax") is True:
         raise ConfigError(
             f"loss.softmax=true is not allowed with dataset={dataset} (multi-label): softmax needs one label per image"

@@ -21,7 +21,7 @@ from imbalance_bench.data import DataBundle
 from imbalance_bench.data.jpeg_batch import batch_to_device
 from imbalance_bench.distributed import World, global_batch_rows
 from imbalance_bench.errors import ImbenchError, ProcessError
-from imbalance_bench.losses import Reweighting
+from imbalance_bench.losses import Reweighting, log_class_prior
 from imbalance_bench.metrics import multi_label_metrics, single_label_metrics
 from imbalance_bench.outputs import format_epoch, rewrite_summary, tensorboard_writer, write_epoch
 from imbalance_bench.runfiles import save_checkpoint
@@ -253,7 +253,11 @@ def evaluate(run: RunContext, model, criterion, loader, precision, compiled_mode
     With a torch.compile'd model a short last batch is padded with blank images to the batch
     size (whose outputs are dropped), so one compiled shape serves the whole split: in eval mode
     each image's output does not depend on the others in its batch. In a DDP run each process
-    scores its block of the split; the scores are gathered in order before any metric is computed."""
+    scores its block of the split; the scores are gathered in order before any metric is computed.
+    With `metrics.logit_adjust_tau` the single-label metrics are computed again on z - tau log pi
+    (post-hoc logit adjustment, Menon et al. 2021, with pi the train split's class prior, where an
+    empty class counts as one image, as `log_class_prior` says), under
+    "logit_adjusted"; the raw scores stay what the monitor and the checkpoints go by."""
     cfg, data, world, channels_last = run.cfg, run.data, run.world, run.switches.channels_last
     model.eval()
     criterion.eval()
@@ -292,6 +296,11 @@ def evaluate(run: RunContext, model, criterion, loader, precision, compiled_mode
         result = multi_label_metrics(labels, scores, data.train_class_counts, threshold=cfg.metrics.threshold, **groups)
     else:
         result = single_label_metrics(labels, scores, data.train_class_counts, **groups)
+        tau = cfg.metrics.logit_adjust_tau
+        if tau is not None:
+            adjusted = scores - tau * log_class_prior(data.train_class_counts).numpy()
+            result["logit_adjusted"] = {"tau": tau, **single_label_metrics(labels, adjusted, data.train_class_counts,
+                                                                           **groups)}
     test_loss = total / max(len(labels), 1)
     result["test_loss"] = test_loss if np.isfinite(test_loss) else None
     return result

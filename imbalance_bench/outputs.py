@@ -45,6 +45,9 @@ def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
     for key, label in shown if "top1" not in record else shown[:2]:
         if record.get(key) is not None:
             text += f"  {label} {100 * record[key]:.2f}"
+    adjusted = record.get("logit_adjusted")
+    if adjusted and adjusted.get("top1") is not None:
+        text += f"  adjusted top-1 {100 * adjusted['top1']:.2f}"
     return text
 
 def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list[str]) -> None:
@@ -53,8 +56,10 @@ def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list
     append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
     names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr", "train_s": "time/train_s",
              "eval_s": "time/eval_s"}
-    metrics = {k: v for k, v in record.items() if k not in ("epoch", "step", "loss_state", "train_images")}
-    for prefix, values in (("test", metrics), ("loss", record.get("loss_state", {}))):
+    metrics = {k: v for k, v in record.items()
+               if k not in ("epoch", "step", "loss_state", "train_images", "logit_adjusted")}
+    for prefix, values in (("test", metrics), ("test_adjusted", record.get("logit_adjusted", {})),
+                           ("loss", record.get("loss_state", {}))):
         for key, value in values.items():
             tag = names.get(key, f"{prefix}/{key}")
             if isinstance(value, list):

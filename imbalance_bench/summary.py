@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 #: config keys shown as their Greek letters, in run headers and in report row labels
-GREEK = {"gamma": "γ", "beta": "β", "alpha": "α", "rho": "ρ"}
+GREEK = {"gamma": "γ", "beta": "β", "alpha": "α", "rho": "ρ", "tau": "τ"}
 
 
 def format_number(value: float) -> str:
@@ -94,4 +94,10 @@ def format_summary(metrics: dict[str, Any]) -> str:
     for key, label in SUMMARY_ROWS:
         if key in metrics["final"]:
             lines.append(f"{label:<16} {_pct(metrics['final'].get(key)):>7} {_pct(metrics['best'].get(key)):>7}")
+    final, best = metrics["final"].get("logit_adjusted"), (metrics["best"] or {}).get("logit_adjusted") or {}
+    if final:  # post-hoc logit adjustment (metrics.logit_adjust_tau): the same metrics on z - tau log pi
+        lines.append(f"post-hoc logit adjustment, scores z - τ log π with τ = {format_number(final['tau'])}:")
+        for key, label in SUMMARY_ROWS:
+            if key in final:
+                lines.append(f"{label:<16} {_pct(final.get(key)):>7} {_pct(best.get(key)):>7}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ cosine head LDAM asks for (imbalance_bench/models/heads.py)."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -313,3 +314,40 @@ def test_other_losses_run(compose_cfg, data_root, tmp_path, name):
     cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, f"loss={name}", "reweight=none"])
     metrics = run(cfg, tmp_path)
     assert metrics["loss"] == name and math.isfinite(metrics["final"]["train_loss"])
+
+
+def test_post_hoc_logit_adjustment_scores_z_minus_tau_log_prior(compose_cfg, data_root, tmp_path, monkeypatch, caplog):
+    """metrics.logit_adjust_tau: evaluation computes every metric twice, on z and on z - tau log pi
+    (Menon et al. 2021, post-hoc), pi the train split's prior; metrics.json and the summary show both."""
+    import logging
+
+    import imbalance_bench.loop as loop_module
+    from imbalance_bench.train import run
+
+    seen = []
+    original = loop_module.single_label_metrics
+
+    def spy(labels, scores, counts, **groups):
+        seen.append((labels.copy(), scores.copy(), list(counts)))
+        return original(labels, scores, counts, **groups)
+
+    monkeypatch.setattr(loop_module, "single_label_metrics", spy)
+    cfg = compose_cfg(["dataset=cifar10_lt", f"dataset.root={data_root}", *SMOKE, "metrics.logit_adjust_tau=1.5"])
+    with caplog.at_level(logging.INFO, logger="imbench"):
+        metrics = run(cfg, tmp_path)
+    (labels, raw, counts), (same_labels, adjusted, again) = seen
+    seen_once = np.maximum(np.asarray(counts, dtype=np.float64), 1)  # an empty class counts as one image
+    prior = seen_once / seen_once.sum()
+    assert 0 in counts and again == counts and min(counts) < max(counts) and np.array_equal(labels, same_labels)
+    assert np.allclose(adjusted, raw - 1.5 * np.log(prior), atol=1e-5)
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert final["logit_adjusted"]["tau"] == 1.5
+    assert final["logit_adjusted"]["top1"] == pytest.approx(float(np.mean(adjusted.argmax(1) == labels)))
+    assert final["top1"] == pytest.approx(float(np.mean(raw.argmax(1) == labels)))
+    assert metrics["final"]["top1"] == final["top1"]  # the raw scores stay the run's own
+    assert "post-hoc logit adjustment, scores z - τ log π with τ = 1.5:" in caplog.text
+
+
+def test_post_hoc_logit_adjustment_is_single_label_only(compose_cfg):
+    with pytest.raises(ConfigError, match=r"^metrics.logit_adjust_tau=1.0 is not allowed with dataset=multimnist"):
+        check_combinations(compose_cfg(["dataset=multimnist", "loss=bce", "metrics.logit_adjust_tau=1.0"]))

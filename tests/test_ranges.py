@@ -189,6 +189,7 @@ WALKS: dict[str, list[Walk]] = {
     "metrics.many_shot_above": [ints(MNIST, 19, INT64_MAX)],
     "metrics.few_shot_below": [ints(MNIST, 0, 101)],
     "metrics.threshold": [floats(MNIST, 0, 1, open_low=True, open_high=True)],
+    "metrics.logit_adjust_tau": [floats(MNIST, 0, F)],
 }
 
 #: values whose build would start that many DataLoader worker processes: built, but no batch drawn
