@@ -60,4 +60,4 @@ def test_an_unknown_option_lists_the_added_ones(imbench_in_process):
     code, err = imbench_in_process(*TOY, "loss=toy")
     assert code == 2
     assert err.strip().splitlines()[-1].endswith("choose one of: asl, balanced_softmax, bce, ce, dfl, focal, ldam, "
-                                                 "plm, toy_brier")
+                                                 "logit_adjusted, plm, toy_brier")
