@@ -322,6 +322,7 @@ class LdamLossSchema(PlainLossSchema):
     max_margin: float = number(0, strict=True)
     scale: float = number(0, strict=True)
     normalized_classifier: bool = MISSING
+    uniform_margin: bool = MISSING
 
 
 @dataclass

@@ -46,6 +46,15 @@ def test_ldam_margins_follow_n_to_the_minus_quarter():
     assert torch.allclose(margins * counts.pow(0.25), torch.full_like(margins, 0.5 * 50**0.25), rtol=1e-6)
 
 
+def test_ldam_uniform_margin_gives_every_class_the_largest():
+    """M-DRW (Cao et al. 2019, Table 2): the margin without its dependence on the class counts.
+    counts [16, 1], s = 2, both margins 0.5: sample 0, y = 0, z = [1, 0] -> s (z - 0.5 e_0) = [1, 0]."""
+    assert torch.equal(ldam_margins(COUNTS, 0.5, uniform=True), torch.full((len(COUNTS),), 0.5))
+    loss = LDAMLoss(max_margin=0.5, scale=2.0, normalized_classifier=False, uniform_margin=True)
+    loss.prepare([16, 1], 17)
+    assert loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0])).item() == pytest.approx(math.log1p(math.exp(-1.0)))
+
+
 def test_ldam_by_hand_with_class_weights():
     # counts [16, 1] -> margins [0.25, 0.5]; s = 2
     # sample 0, y = 0, z = [1, 0]: s (z - 0.25 e_0) = [1.5, 0], CE = log(1 + e^-1.5)

@@ -11,8 +11,10 @@ from imbalance_bench.losses.base import ClassificationLoss
 from imbalance_bench.losses.softmax_ce import softmax_cross_entropy
 
 
-def ldam_margins(class_counts: Sequence[int], max_margin: float) -> torch.Tensor:
-    """Delta_j = C / n_j^(1/4), C chosen so that max_j Delta_j = max_margin (Cao et al. 2019, eq. 12).
+def ldam_margins(class_counts: Sequence[int], max_margin: float, uniform: bool = False) -> torch.Tensor:
+    """Delta_j = C / n_j^(1/4), C chosen so that max_j Delta_j = max_margin (Cao et al. 2019, eq. 12);
+    with `uniform`, Delta_j = max_margin for every class (the margin without its label-distribution
+    part: M-DRW in Cao et al.'s ablation, Table 2).
 
     A class with no train samples is never a target, so its margin is never used: it gets
     max_margin and does not take part in choosing C (n_j = 0 would make C zero).
@@ -21,6 +23,8 @@ def ldam_margins(class_counts: Sequence[int], max_margin: float) -> torch.Tensor
     present = counts > 0
     if not present.any():
         raise ValueError("LDAM needs at least one class with train samples")
+    if uniform:
+        return torch.full_like(counts, max_margin).float()
     inverse_root = torch.where(present, counts.clamp_min(1.0).pow(-0.25), torch.zeros_like(counts))
     margins = inverse_root * (max_margin / inverse_root.max())
     return torch.where(present, margins, torch.full_like(margins, max_margin)).float()
@@ -49,7 +53,8 @@ class LDAMLoss(ClassificationLoss):
     logits inside the loss only, so evaluation (top-1 of z) is unaffected; s = 30 assumes
     cosine logits in [-1, 1], hence `normalized_classifier=True`, which asks `train.build_model`
     for the paper's CIFAR head (`NormedLinear`, no bias). With reweight=cb and
-    reweight.start_epoch = 160 this is LDAM-DRW.
+    reweight.start_epoch = 160 this is LDAM-DRW; `uniform_margin=True` gives every class the
+    largest margin, and with DRW that is the M-DRW row of Cao et al.'s Table 2.
 
     Class weights: per-sample w_{y_i}, mean over samples, as this project's softmax CE does
     (Cui et al. 2019). The reference code (kaidic/LDAM-DRW) passes them to torch's
@@ -60,7 +65,7 @@ class LDAMLoss(ClassificationLoss):
 
     name = "ldam"
 
-    def __init__(self, max_margin: float, scale: float, normalized_classifier: bool):
+    def __init__(self, max_margin: float, scale: float, normalized_classifier: bool, uniform_margin: bool = False):
         super().__init__()
         if not max_margin > 0:
             raise ValueError(f"max_margin={max_margin} must be > 0")
@@ -69,12 +74,13 @@ class LDAMLoss(ClassificationLoss):
         self.max_margin = float(max_margin)
         self.scale = float(scale)
         self.normalized_classifier = bool(normalized_classifier)
+        self.uniform_margin = bool(uniform_margin)
         # derived from the class counts, so recomputed by `prepare` rather than checkpointed
         self.register_buffer("margins", None, persistent=False)
 
     def prepare(self, class_counts, num_samples):
         device = None if self.margins is None else self.margins.device
-        self.margins = ldam_margins(class_counts, self.max_margin).to(device)
+        self.margins = ldam_margins(class_counts, self.max_margin, self.uniform_margin).to(device)
 
     def forward(self, logits, targets, class_weights=None):
         if self.margins is None:
@@ -84,4 +90,5 @@ class LDAMLoss(ClassificationLoss):
         return ldam_loss(logits, targets, self.margins, self.scale, class_weights)
 
     def extra_repr(self) -> str:
-        return f"max_margin={self.max_margin}, scale={self.scale}, normalized_classifier={self.normalized_classifier}"
+        return (f"max_margin={self.max_margin}, scale={self.scale}, normalized_classifier={self.normalized_classifier}, "
+                f"uniform_margin={self.uniform_margin}")
