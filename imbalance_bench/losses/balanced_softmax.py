@@ -38,6 +38,8 @@ class BalancedSoftmax(ClassificationLoss):
     """
 
     name = "balanced_softmax"
+    #: the prior's exponent: 1 here; the logit-adjusted loss (Menon et al. 2021) sets its own
+    tau: float = 1.0
 
     def __init__(self):
         super().__init__()
@@ -50,7 +52,9 @@ class BalancedSoftmax(ClassificationLoss):
 
     def forward(self, logits, targets, class_weights=None):
         if self.log_prior is None:
-            raise RuntimeError("BalancedSoftmax.prepare(class_counts, num_samples) must run before forward: the prior comes from the train split's class counts")
+            raise RuntimeError(f"{type(self).__name__}.prepare(class_counts, num_samples) must run before forward: "
+                               "the prior comes from the train split's class counts")
         if logits.shape[1] != self.log_prior.numel():
             raise ValueError(f"logits have {logits.shape[1]} classes but the prior was prepared for {self.log_prior.numel()}")
-        return balanced_softmax_loss(logits, targets, self.log_prior, class_weights)
+        shift = self.log_prior if self.tau == 1.0 else self.tau * self.log_prior
+        return balanced_softmax_loss(logits, targets, shift, class_weights)
