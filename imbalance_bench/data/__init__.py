@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imbalance_bench.data.bundle import DataBundle, DataSource, RawSplits
+from imbalance_bench.data.bundle import DataBundle, DataSource, RawSplits, check_channels
 from imbalance_bench.data.cifar import load_cifar, missing_cifar
 from imbalance_bench.data.coco import build_coco, missing_coco
 from imbalance_bench.data.images import BatchTransform
@@ -31,10 +31,7 @@ class LongTailImages(DataSource):
               limit_train: int | None, limit_test: int | None, augment: dict, mean: list[float],
               std: list[float]) -> DataBundle:
         raw = self.read(str(Path(root).expanduser().resolve()), download)
-        channels = raw.train_images.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ConfigError(f"dataset.mean/dataset.std must have {channels} values for {self.name}, "
-                              f"got {len(mean)} and {len(std)}")
+        check_channels(self.name, raw.train_images.shape[1], mean, std)
         transform = BatchTransform(mean=list(mean), std=list(std), **dict(augment))
         return make_long_tail_bundle(raw, self.name, imbalance_factor, imbalance_type, seed, limit_train,
                                      limit_test, transform)

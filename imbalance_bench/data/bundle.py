@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from imbalance_bench.data.images import BatchTransform, ImageSplit
+from imbalance_bench.errors import ConfigError
 
 log = logging.getLogger("imbench")
 MAX_NAMED_CLASSES = 10  # the zero-image warning names this many classes, then counts the rest
@@ -49,6 +50,14 @@ class DataSource:
 
     def load(self) -> DataBundle:
         raise NotImplementedError
+
+
+def check_channels(name: str, channels: int, mean: list[float], std: list[float]) -> None:
+    """`dataset.mean` and `dataset.std` hold one value per image channel (the ranges are the schema's)."""
+    if len(mean) != channels or len(std) != channels:
+        values = "value" if channels == 1 else "values"
+        raise ConfigError(f"dataset.mean/dataset.std must have {channels} {values} for {name}, "
+                          f"got {len(mean)} and {len(std)}")
 
 
 @dataclass

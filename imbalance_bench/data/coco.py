@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from imbalance_bench import is_int
-from imbalance_bench.data.bundle import DataBundle
+from imbalance_bench.data.bundle import DataBundle, check_channels
 from imbalance_bench.data.images import BatchTransform
 from imbalance_bench.data.jpeg_batch import (
     Box,
@@ -45,7 +45,7 @@ from imbalance_bench.data.jpeg_batch import (
     skip_or_raise,
 )
 from imbalance_bench.data.profiles import long_tail_counts
-from imbalance_bench.errors import ConfigError, DataError
+from imbalance_bench.errors import DataError
 
 SPLIT_FOLDERS = {"train": "train2017", "test": "val2017"}
 ANNOTATION_FILES = {"train": "annotations/instances_train2017.json", "test": "annotations/instances_val2017.json"}
@@ -434,12 +434,6 @@ class CocoSplit(torch.utils.data.Dataset):
         return batch, self.targets[torch.as_tensor(kept, dtype=torch.long)]
 
 
-def _check_channels(mean, std) -> None:
-    """COCO images have 3 channels: one mean and one std each (the ranges are the schema's)."""
-    if len(mean) != 3 or len(std) != 3:
-        raise ConfigError(f"dataset.mean/dataset.std must have 3 values for coco, got {len(mean)} and {len(std)}")
-
-
 def missing_coco(root: Path) -> str | None:
     """None when `root` holds the COCO layout, else one line naming its first missing file or folder."""
     for split in ("train", "test"):
@@ -496,7 +490,7 @@ def build_coco(
 
     The limits draw a seeded random subset after the long-tail subsampling, from their own streams.
     """
-    _check_channels(mean, std)
+    check_channels(name, 3, mean, std)
     root_path = Path(root).expanduser().resolve()
     _check_layout(root_path, download)
     annotations = {split: read_instances(root_path / ANNOTATION_FILES[split]) for split in ("train", "test")}

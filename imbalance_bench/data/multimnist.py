@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from imbalance_bench.data.bundle import DataBundle, RawSplits
+from imbalance_bench.data.bundle import DataBundle, RawSplits, check_channels
 from imbalance_bench.data.images import BatchTransform, ImageSplit
 from imbalance_bench.data.mnist import load_mnist
 from imbalance_bench.data.profiles import long_tail_counts
@@ -342,8 +342,7 @@ def build_multimnist(name: str, root: str, download: bool, canvas_size: int, min
                      augment: dict, mean: list[float], std: list[float]) -> DataBundle:
     """MultiMNIST-LT (see the module docstring): generated from real MNIST, or read from its cache. The
     keys are validated (config.MultiMnistSchema); whether their profile can be built is checked here."""
-    if len(mean) != 1 or len(std) != 1:
-        raise ConfigError(f"dataset.mean/dataset.std must have 1 value for {name}, got {len(mean)} and {len(std)}")
+    check_channels(name, 1, mean, std)
     quotas = {
         "train": checked_quota("train", num_train, imbalance_factor, min_digits, max_digits),
         "test": checked_quota("test", num_test, 1.0, min_digits, max_digits),

@@ -56,5 +56,4 @@ class BalancedSoftmax(ClassificationLoss):
                                "the prior comes from the train split's class counts")
         if logits.shape[1] != self.log_prior.numel():
             raise ValueError(f"logits have {logits.shape[1]} classes but the prior was prepared for {self.log_prior.numel()}")
-        shift = self.log_prior if self.tau == 1.0 else self.tau * self.log_prior
-        return balanced_softmax_loss(logits, targets, shift, class_weights)
+        return balanced_softmax_loss(logits, targets, self.tau * self.log_prior, class_weights)
