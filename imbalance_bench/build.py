@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader, split_part
+from imbalance_bench.data.sampling import TrainDraws
 from imbalance_bench.device import Switches
 from imbalance_bench.distributed import World
 from imbalance_bench.errors import DataError
@@ -136,10 +137,12 @@ def build_loaders(
     cfg, data: DataBundle, device: torch.device, switches: Switches, shuffle_gen: torch.Generator,
     world: World,
 ):
-    """Train (shuffled by `shuffle_gen`) and test batches: from device-resident copies of an in-memory
-    dataset (`trainer.data_on_device`), else through a DataLoader; both give the same batches.
-    In a DDP run each process gets its part of every train batch and its block of the test split."""
+    """Train batches, drawn by the `sampler` from `shuffle_gen`, and test batches: from
+    device-resident copies of an in-memory dataset (`trainer.data_on_device`), else through a
+    DataLoader; both give the same batches. In a DDP run each process draws the same global
+    batches and gets its part of each, and its block of the test split."""
     trainer = cfg.trainer
+    draws = TrainDraws(build_target(cfg.sampler, "sampler"), data.train, trainer.epochs, shuffle_gen, data.class_names)
     if switches.decode_on_device:
         for split in (data.train, data.test):
             split.decode_on(device)  # workers read bytes; batch_to_device decodes (COCO)
@@ -149,14 +152,13 @@ def build_loaders(
         test = split_part(test, rows.start, rows.stop)
     if switches.data_on_device:
         return (
-            DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, generator=shuffle_gen,
-                         world=world),
+            DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, world=world, draws=draws),
             DeviceLoader(test, trainer.eval_batch_size, shuffle=False, device=device),
         )
     pin = device.type == "cuda"
     return (
         make_loader(data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
-                    generator=shuffle_gen, pin_memory=pin, world=world, seed=cfg.seed),
+                    pin_memory=pin, world=world, seed=cfg.seed, draws=draws),
         make_loader(test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
                     pin_memory=pin),
     )

@@ -22,7 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from imbalance_bench import CONF_DIR, is_int
 from imbalance_bench.errors import ConfigError
 
-CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "optimizer", "scheduler", "trainer", "recipe", "experiment")
+CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "sampler", "optimizer", "scheduler", "trainer", "recipe", "experiment")
 
 # ---------------------------------------------------------------- rules
 
@@ -367,6 +367,20 @@ class ClassBalancedSchema(ReweightSchema):
     beta: float = fraction()
 
 
+@dataclass
+class SamplerSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    start_epoch: int = integer(0)
+
+    @staticmethod
+    def cross_check(node: dict, root: dict, prefix: str) -> None:
+        epochs = root["trainer"]["epochs"]
+        if node["start_epoch"] >= epochs:
+            raise ConfigError(f"sampler.start_epoch={node['start_epoch']} is not allowed: must be < trainer.epochs "
+                              f"({epochs}), or re-sampling never starts")
+
+
 # ---------------------------------------------------------------- optimisation
 
 
@@ -521,6 +535,7 @@ SCHEMAS = [
     ("loss", "logit_adjusted", LogitAdjustedLossSchema),
     ("reweight", "plain", ReweightSchema),
     ("reweight", "class_balanced", ClassBalancedSchema),
+    ("sampler", "sampler", SamplerSchema),
     ("optimizer", "sgd", SGDSchema),
     ("optimizer", "adamw", AdamWSchema),
     ("scheduler", "warmup_multistep", WarmupMultiStepSchema),
@@ -644,7 +659,7 @@ def check_combinations(cfg: DictConfig) -> None:
     from imbalance_bench.data import data_source
     from imbalance_bench.targets import check_label, implementation
 
-    for group in ("dataset", "model", "loss", "reweight"):
+    for group in ("dataset", "model", "loss", "reweight", "sampler"):
         check_label(cfg[group], group)
         for key, child in cfg[group].items():  # nested implementations: PLM's base losses
             if isinstance(child, DictConfig) and "_target_" in child:

@@ -91,6 +91,8 @@ def fit(run: RunContext, state: TrainState, precision: Precision, reweighting: R
             # train_one_epoch ends on a read-back of the losses, so the device has finished the epoch
             record["train_s"] = round(time.perf_counter() - epoch_started, 4)
             record["train_images"] = result.images
+            # labels drawn per class (the epoch's global batches, a resumed epoch's first part included)
+            record["class_draws"] = train_loader.order.class_draws(result.batches_done * trainer.batch_size)
             scheduler.step()
             for counter in criterion.epoch_counters():  # each process counted its own part of the batches
                 world.all_reduce_sum(counter)

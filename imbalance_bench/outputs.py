@@ -52,10 +52,11 @@ def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
 
 def write_epoch(run_dir: Path, writer, record: dict[str, Any], class_names: list[str]) -> None:
     """One row of `summary.csv` and the epoch's TensorBoard scalars: test metrics as `test/<key>`
-    (per-class lists as `test/<key>/<class>`), the loss's own state as `loss/<key>[/<class>]`."""
+    (per-class lists as `test/<key>/<class>`), the loss's own state as `loss/<key>[/<class>]`, the
+    labels each class had among the epoch's draws as `train/draws/<class>`."""
     append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
     names = {"train_loss": "loss/train", "test_loss": "loss/test", "lr": "lr", "train_s": "time/train_s",
-             "eval_s": "time/eval_s"}
+             "eval_s": "time/eval_s", "class_draws": "train/draws"}
     metrics = {k: v for k, v in record.items()
                if k not in ("epoch", "step", "loss_state", "train_images", "logit_adjusted")}
     for prefix, values in (("test", metrics), ("test_adjusted", record.get("logit_adjusted", {})),
@@ -94,6 +95,7 @@ def summarize(run: RunContext, history: History, error: str | None = None) -> di
         "model": cfg.model.name,
         "loss": cfg.loss.name,
         "reweight": cfg.reweight.name,
+        "sampler": cfg.sampler.name,
         "label_kind": run.data.label_kind,
         "seed": cfg.seed,
         "device": str(device),

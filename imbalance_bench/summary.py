@@ -73,9 +73,11 @@ def describe_run(config: dict) -> str:
     if dataset.get("imbalance_type") == "step":
         data += " step"
     optimizer = str(config["optimizer"].get("_target_", "")).rpartition(".")[2]
+    sampler = config.get("sampler") or {"name": "instance"}  # runs from before re-sampling drew instances
+    sampling = "" if sampler["name"] == "instance" else " " + describe_choice("sampler", sampler)
     length = f"{trainer['epochs']} epoch" + ("s" if trainer["epochs"] != 1 else "") + (f" (stop at step {trainer['max_steps']})" if trainer.get("max_steps") else "")
     return (f"{data} | {config['model']['name']} | {describe_choice('loss', config['loss'])} "
-            f"{describe_choice('reweight', config['reweight'])} | {optimizer} lr "
+            f"{describe_choice('reweight', config['reweight'])}{sampling} | {optimizer} lr "
             f"{format_number(float(config['optimizer']['lr']))}, {length} of batch {trainer['batch_size']}, seed {config['seed']}")
 
 

@@ -32,6 +32,7 @@ LAYERS = (
 )
 PACKAGE_LAYERS = {
     "data": (
+        ("sampling",),  # which train images an epoch draws
         ("profiles", "download", "jpeg_batch", "images"),
         ("bundle",),  # the dataset types
         ("long_tail", "cifar", "mnist", "coco"),

@@ -91,12 +91,17 @@ class DataBundle:
     def __post_init__(self) -> None:
         """Warn, once per bundle, when the train split leaves classes without a single image: the
         run trains without them (a profile like dataset.imbalance_factor=1e9 rounds the tail to 0)."""
-        empty = [name for name, count in zip(self.class_names, self.train_class_counts) if count == 0]
+        empty = self.empty_classes
         if empty:
             named = ", ".join(empty[:MAX_NAMED_CLASSES])
             more = f" and {len(empty) - MAX_NAMED_CLASSES} more" if len(empty) > MAX_NAMED_CLASSES else ""
             log.warning("dataset %s: %d of %d classes have no train images, so the model never trains on them: %s%s",
                         self.name, len(empty), self.num_classes, named, more)
+
+    @property
+    def empty_classes(self) -> list[str]:
+        """Classes without a train image (positive, when multi-label)."""
+        return [name for name, count in zip(self.class_names, self.train_class_counts) if count == 0]
 
     @property
     def num_classes(self) -> int:
@@ -117,6 +122,8 @@ class DataBundle:
             "train_total": len(self.train),
             "test_total": len(self.test),
             "train_counts": self.train_class_counts,
+            # no train image: never trained on, and left out of every re-sampler's draw
+            "empty_classes": self.empty_classes,
             "test_counts": self.test_class_counts,
             "subset_sha256": subset_digest(self.subset_indices),
             **self.info,

@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from imbalance_bench.data.sampling import InstanceSampler, TrainDraws
 from imbalance_bench.distributed import World, batch_draw
 
 
@@ -147,26 +148,32 @@ class ShardedBatchSampler:
 
 
 class EpochOrder(torch.utils.data.Sampler):
-    """RandomSampler's order of `split`, drawn once per epoch (`draw`) and replayed by every pass of
-    that epoch; before the first `draw`, each pass draws its own, as RandomSampler does.
+    """The order of an epoch (`TrainDraws.order`), drawn once per epoch (`draw`) and replayed by every
+    pass of that epoch; before the first `draw`, each pass draws its own.
 
     A DataLoader starts a pass more than once per epoch (tqdm asks for an iterator twice), and
     with workers it draws ahead as far as it prefetches, so an order drawn per pass would take
-    from `generator` an amount that depends on `num_workers`. `draw` takes a whole pass of
-    RandomSampler, exactly what a worker-less epoch takes."""
+    from the generator an amount that depends on `num_workers`. `draw` takes a whole epoch's
+    order, exactly what a worker-less epoch takes."""
 
-    def __init__(self, split, generator: torch.Generator | None):
-        self.sampler = RandomSampler(split, generator=generator)
+    def __init__(self, draws: TrainDraws):
+        self.draws = draws
+        self.epoch = 0
         self.order: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return self.draws.size
 
-    def draw(self) -> None:
-        self.order = list(self.sampler)
+    def draw(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order = self.draws.order(epoch).tolist()
 
     def __iter__(self):
-        return iter(self.sampler if self.order is None else self.order)
+        return iter(self.draws.order(self.epoch).tolist() if self.order is None else self.order)
+
+    def class_draws(self, images: int) -> list[int]:
+        """Labels per class among the first `images` of the drawn order (every process's rows)."""
+        return self.draws.per_class(torch.tensor(self.order[:images], dtype=torch.long))
 
 
 def worker_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
@@ -220,7 +227,7 @@ class EpochLoader(DataLoader):
     def begin_epoch(self, epoch: int) -> None:
         """Call before each epoch's pass: draws its order and sets its workers' seeds."""
         if self.order is not None:
-            self.order.draw()
+            self.order.draw(epoch)
         if self.seeds is not None:
             self.seeds.epoch = epoch
 
@@ -234,6 +241,7 @@ def make_loader(
     pin_memory: bool = False,
     world: World = World(),
     seed: int = 0,
+    draws: TrainDraws | None = None,
 ) -> EpochLoader:
     """Batches of (uint8 images, targets); shuffled with `generator` when `shuffle`; with several
     processes, this process's part of each global batch of `batch_size`.
@@ -246,7 +254,9 @@ def make_loader(
     workers persist across epochs (no start-up each epoch): their RNGs' history does not matter.
     Without workers the readers draw from this process's global RNG, which a checkpoint holds.
     """
-    order = EpochOrder(split, generator) if shuffle else None
+    if shuffle and draws is None:
+        draws = TrainDraws(InstanceSampler(), split, epochs=1, generator=generator)
+    order = EpochOrder(draws) if shuffle else None
     drop_last = drops_trailing_batch(len(split), batch_size, shuffle, world.size)
     batches = BatchSampler(SequentialSampler(split) if order is None else order, batch_size=batch_size,
                            drop_last=drop_last)
@@ -272,10 +282,9 @@ def make_loader(
 class DeviceLoader:
     """Batches of an in-memory split copied once to `device` (uint8 images stay uint8 there).
 
-    The same batches as `make_loader` with the same generator: one `randperm` per epoch drawn
-    on the host from `generator` (as RandomSampler draws it), the same trailing-batch rule and
-    the same part of each batch per process, then each batch is an index into the device
-    tensors, with no DataLoader and no host copy.
+    The same batches as `make_loader` with the same generator (and `draws`): the epoch's order
+    drawn on the host, the same trailing-batch rule and the same part of each batch per process,
+    then each batch is an index into the device tensors, with no DataLoader and no host copy.
     """
 
     def __init__(
@@ -286,25 +295,29 @@ class DeviceLoader:
         device: torch.device,
         generator: torch.Generator | None = None,
         world: World = World(),
+        draws: TrainDraws | None = None,
     ):
         self.images = split.images.to(device)
         self.targets = split.targets.to(device)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
-        self.generator = generator
         self.world = world
         self.drop_last = drops_trailing_batch(len(self.images), batch_size, shuffle, world.size)
+        if shuffle and draws is None:
+            draws = TrainDraws(InstanceSampler(), split, epochs=1, generator=generator)
+        self.order = EpochOrder(draws) if shuffle else None
 
     def __len__(self) -> int:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Nothing to do: each pass draws its order when it starts (nothing draws ahead here)."""
+        """Call before each epoch's pass: draws its order."""
+        self.order.draw(epoch)
 
     def __iter__(self):
         n = len(self.images)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = torch.tensor(list(self.order), dtype=torch.long) if self.shuffle else torch.arange(n)
         order = order.to(self.images.device, non_blocking=True)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
