@@ -33,7 +33,8 @@ from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers", "trainer.device")
 #: keys added to the config after runs were written, with the value those runs had: a saved config
 #: without the key is compared as if it held this value
-ADDED_KEYS = {"trainer.dtype": "float32", "metrics.logit_adjust_tau": None, "loss.uniform_margin": False}
+ADDED_KEYS = {"trainer.dtype": "float32", "metrics.logit_adjust_tau": None, "loss.uniform_margin": False,
+              "loss.form": "ce"}
 #: the factories that conf/ named in `_target_` before each option named its class, picking the
 #: implementation by `name`: a saved config with one of them and the same `name` meant the same class
 OLD_FACTORY_TARGETS = ("imbalance_bench.losses.create_loss", "imbalance_bench.losses.create_reweighting",
