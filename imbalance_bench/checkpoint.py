@@ -33,9 +33,11 @@ from imbalance_bench.safe_pickle import NUMPY_ARRAY_GLOBALS
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_workers", "trainer.device")
 #: keys added to the config after runs were written, with the value those runs had: a saved config
 #: without the key is compared as if it held this value
-ADDED_KEYS = {"trainer.dtype": "float32", "metrics.logit_adjust_tau": None, "loss.uniform_margin": False,
+ADDED_KEYS = {"trainer.dtype": "float32", "metrics.logit_adjust_tau": None,
               "sampler._target_": "imbalance_bench.data.sampling.InstanceSampler", "sampler.name": "instance",
               "sampler.start_epoch": 0}
+#: keys added to one option of a group (group, name) after runs of it were written, with the value they had
+ADDED_OPTION_KEYS = {("loss", "ldam"): {"uniform_margin": False, "form": "ce"}}
 #: the factories that conf/ named in `_target_` before each option named its class, picking the
 #: implementation by `name`: a saved config with one of them and the same `name` meant the same class
 OLD_FACTORY_TARGETS = ("imbalance_bench.losses.create_loss", "imbalance_bench.losses.create_reweighting",
@@ -154,7 +156,7 @@ def refused_globals(path: Path) -> str:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, leaving out those in RESUME_MAY_DIFFER."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)
-    for key, value in ADDED_KEYS.items():
+    for key, value in with_added_keys(flat_saved).items():
         if key not in flat_saved and key in flat_current:
             flat_saved[key] = value
     for key, value in list(flat_saved.items()):
@@ -163,6 +165,16 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             flat_saved[key] = flat_current.get(key)
     keys = sorted(set(flat_saved) | set(flat_current))
     return [k for k in keys if k not in RESUME_MAY_DIFFER and flat_saved.get(k) != flat_current.get(k)]
+
+
+def with_added_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config with each key added since it was written (ADDED_KEYS, and ADDED_OPTION_KEYS
+    of its options) at the value it had then."""
+    filled = {**ADDED_KEYS, **flat}
+    for (group, option), keys in ADDED_OPTION_KEYS.items():
+        if flat.get(f"{group}.name") == option:
+            filled.update({f"{group}.{key}": value for key, value in keys.items() if f"{group}.{key}" not in flat})
+    return filled
 
 
 def shown_keys(keys: list[str], limit: int = 5) -> str:

@@ -323,6 +323,12 @@ class LdamLossSchema(PlainLossSchema):
     scale: float = number(0, strict=True)
     normalized_classifier: bool = MISSING
     uniform_margin: bool = MISSING
+    form: str = one_of("ce", "hinge")
+
+
+@dataclass
+class HingeLossSchema(PlainLossSchema):
+    margin: float = number(0, strict=True)
 
 
 @dataclass
@@ -533,6 +539,7 @@ SCHEMAS = [
     ("loss", "ldam", LdamLossSchema),
     ("loss", "asl", AsymmetricLossSchema),
     ("loss", "logit_adjusted", LogitAdjustedLossSchema),
+    ("loss", "hinge", HingeLossSchema),
     ("reweight", "plain", ReweightSchema),
     ("reweight", "class_balanced", ClassBalancedSchema),
     ("sampler", "sampler", SamplerSchema),

@@ -41,14 +41,15 @@ MISSING = "—"
 ALWAYS_SHOWN = {"loss.gamma", "loss.base", "reweight.beta"}
 # Config keys left out when runs are grouped: those that do not change a result (with checkpoint.py's
 # RESUME_MAY_DIFFER: trainer.resume, device, num_workers, progress_bar), and those a row or column
-# holds whole (every loss.* / reweight.* key is in the row's method; model.name is its model; the
+# holds whole (every loss.* / reweight.* / sampler.* key is in the row's method; model.name is its model; the
 # column is the dataset (its name; dataset._target_ names its class), imbalance factor and profile). Any other model.* key (pretrained, ...) splits.
 NOT_COMPARED = re.compile(
     r"^(seed|hydra\..*|dataset\.(root|download)|trainer\.eval_batch_size|"
-    r"dataset\.(_target_|name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*)$"
+    r"dataset\.(_target_|name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*|sampler\..*)$"
 )
 # What runs of one config must also share to be averaged: train subset, epochs and steps completed.
 RUN_FACTS = ("subset_sha256", "epochs_completed", "steps")
+METHOD_GROUPS = ("loss", "reweight", "sampler")  # the groups whose options and keys make a run's method
 UNSET = "<unset>"  # a config key some runs of a group have and this one does not
 SWEEP_SUMMARY = "sweep.json"  # written by imbench at the end of a sweep (cli.py, SweepReport)
 CSV_COLUMNS = (
@@ -83,7 +84,7 @@ class Run:
     metrics: dict
     stats: dict
     config: dict
-    method: dict  # model, loss, reweight, drw and loss.<key> / reweight.<key>: the row's identity
+    method: dict  # model, loss, reweight, sampler, drw, drs and their <group>.<key>: the row's identity
 
     @property
     def seed(self):
@@ -98,9 +99,9 @@ class Run:
         """The resolved config, flattened, less the keys runs may differ in and still be averaged
         (NOT_COMPARED, RESUME_MAY_DIFFER); a key added to the config after a run was written holds
         the value it had (ADDED_KEYS), so older runs still group with newer ones."""
-        from imbalance_bench.checkpoint import ADDED_KEYS, RESUME_MAY_DIFFER
+        from imbalance_bench.checkpoint import RESUME_MAY_DIFFER, with_added_keys
 
-        flat = {**ADDED_KEYS, **flatten(self.config)}
+        flat = with_added_keys(flatten(self.config))
         return {k: v for k, v in flat.items() if k not in RESUME_MAY_DIFFER and not NOT_COMPARED.match(k)}
 
     def fact(self, key: str):
@@ -183,14 +184,20 @@ def flatten(node, prefix: str = "") -> dict:
 
 
 def method_keys(metrics: dict, config: dict) -> dict:
-    """A run's method: model, loss, reweight, whether re-weighting is deferred (DRW), and every
-    loss.<key> / reweight.<key> of the resolved config (hyper-parameters: focal gamma, cb beta, ...)."""
-    keys = {"model": metrics.get("model"), "loss": metrics.get("loss"), "reweight": metrics.get("reweight")}
-    for group in ("loss", "reweight"):
-        for key, value in flatten(config.get(group) or {}).items():
-            if key not in ("name", "_target_", "_recursive_"):
-                keys[f"{group}.{key}"] = value
+    """A run's method: model, loss, reweight, sampler, whether re-weighting (DRW) or re-sampling (DRS)
+    is deferred, and every loss.<key> / reweight.<key> / sampler.<key> of the resolved config
+    (hyper-parameters: focal gamma, cb beta, ...), with the keys added since the run was written at
+    the value they had (a run from before re-sampling drew instances)."""
+    from imbalance_bench.checkpoint import with_added_keys
+
+    keys = {"model": metrics.get("model"), "loss": metrics.get("loss"), "reweight": metrics.get("reweight"),
+            "sampler": metrics.get("sampler", "instance")}
+    for key, value in with_added_keys(flatten(config)).items():
+        group, _, rest = key.partition(".")
+        if group in METHOD_GROUPS and rest not in ("name", "_target_", "_recursive_"):
+            keys[key] = value
     keys["drw"] = (keys.get("reweight.start_epoch") or 0) > 0 and keys["reweight"] != "none"
+    keys["drs"] = (keys.get("sampler.start_epoch") or 0) > 0 and keys["sampler"] != "instance"
     return keys
 
 
@@ -358,11 +365,12 @@ def aggregate(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def method_labels(methods: list[dict]) -> list[str]:
-    """Short row labels: loss (+ hyper-parameters) + reweighting (+ DRW), e.g.
-    `focal γ=0.5 + cb β=0.9999 DRW@160`. A hyper-parameter is shown when it is in ALWAYS_SHOWN or
-    differs between runs of the same loss (resp. reweighting); the model when runs used several."""
+    """Short row labels: loss (+ hyper-parameters) + reweighting (+ DRW) + re-sampling (+ DRS), e.g.
+    `focal γ=0.5 + cb β=0.9999 DRW@160`, `ce + class_balanced sampling DRS@160`. A hyper-parameter
+    is shown when it is in ALWAYS_SHOWN or differs between runs of the same loss (resp. reweighting);
+    the model when runs used several."""
     varying = set()
-    for group in ("loss", "reweight"):
+    for group in METHOD_GROUPS:
         by_name: dict[str, list[dict]] = {}
         for m in methods:
             by_name.setdefault(m[group], []).append(m)
@@ -373,7 +381,7 @@ def method_labels(methods: list[dict]) -> list[str]:
 
     def params(m: dict, group: str) -> str:
         shown = []
-        for key in sorted(k for k in m if k.startswith(group + ".") and k != "reweight.start_epoch"):
+        for key in sorted(k for k in m if k.startswith(group + ".") and k != f"{group}.start_epoch"):
             if key in ALWAYS_SHOWN or (group, m[group], key) in varying:
                 short = key.split(".", 1)[1]
                 shown.append(f"{GREEK.get(short, short)}={_value(m[key])}")
@@ -386,6 +394,10 @@ def method_labels(methods: list[dict]) -> list[str]:
             text += f" + {m['reweight']}" + params(m, "reweight")
             if m.get("drw"):
                 text += f" DRW@{m['reweight.start_epoch']}"
+        if m.get("sampler") not in (None, "instance"):
+            text += f" + {m['sampler']} sampling" + params(m, "sampler")
+            if m.get("drs"):
+                text += f" DRS@{m['sampler.start_epoch']}"
         if several_models:
             text += f" [{m['model']}]"
         labels.append(text)

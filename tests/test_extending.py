@@ -59,5 +59,5 @@ def test_the_name_key_labels_its_class_and_selects_nothing(imbench_in_process, t
 def test_an_unknown_option_lists_the_added_ones(imbench_in_process):
     code, err = imbench_in_process(*TOY, "loss=toy")
     assert code == 2
-    assert err.strip().splitlines()[-1].endswith("choose one of: asl, balanced_softmax, bce, ce, dfl, focal, ldam, "
-                                                 "logit_adjusted, plm, toy_brier")
+    assert err.strip().splitlines()[-1].endswith("choose one of: asl, balanced_softmax, bce, ce, dfl, focal, hinge, "
+                                                 "ldam, logit_adjusted, plm, toy_brier")

@@ -40,7 +40,7 @@ PACKAGE_LAYERS = {
     ),
     "losses": (
         ("base", "reweight"),
-        ("softmax_ce", "sigmoid_bce", "focal", "asl", "dfl", "plm"),
+        ("softmax_ce", "sigmoid_bce", "focal", "asl", "dfl", "plm", "hinge"),
         ("balanced_softmax", "ldam"),  # softmax cross-entropy with adjusted logits
         ("logit_adjusted",),  # Balanced Softmax's prior, scaled by tau
     ),

@@ -1,5 +1,6 @@
-"""LDAM, Balanced Softmax and ASL (imbalance_bench/losses/{ldam,balanced_softmax,asl}.py) and the
-cosine head LDAM asks for (imbalance_bench/models/heads.py)."""
+"""LDAM and its hinge form, the multi-class hinge, Balanced Softmax and ASL
+(imbalance_bench/losses/{ldam,hinge,balanced_softmax,asl}.py) and the cosine head LDAM asks for
+(imbalance_bench/models/heads.py)."""
 
 import json
 import math
@@ -17,16 +18,19 @@ from imbalance_bench.losses import (
     BalancedSoftmax,
     LDAMLoss,
     LogitAdjustedLoss,
+    MultiClassHingeLoss,
     SigmoidFocalLoss,
     asymmetric_terms,
     ldam_loss,
     ldam_margins,
     log_class_prior,
+    multiclass_hinge_loss,
     sigmoid_cross_entropy,
     softmax_cross_entropy,
 )
 from imbalance_bench.models import NormedLinear, classifier_of, create_model, use_normed_classifier
 from imbalance_bench.build import init_classifier_bias
+from imbalance_bench.checkpoint import config_differences
 from imbalance_bench.targets import build
 
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -99,6 +103,79 @@ def test_prepared_state_follows_the_device_and_is_not_checkpointed():
     loss.prepare([3, 1], 4)
     assert "margins" not in loss.state_dict()  # recomputed from the counts, so a resume loads cleanly
     assert loss.to(torch.float64).margins.dtype == torch.float64
+
+
+# ---------------------------------------------------------------- multi-class hinge (HG) and LDAM-HG
+
+# three samples, three classes; margin 1: max(max_{j != y} z_j - z_y + 1, 0)
+HINGE_LOGITS = torch.tensor([[2.0, 0.5, 0.8], [0.0, 1.0, 3.0], [1.0, 0.0, 0.5]])
+HINGE_LABELS = torch.tensor([0, 1, 2])
+
+
+def test_hinge_by_hand_with_class_weights():
+    # sample 0, y = 0: 0.8 - 2 + 1 = -0.2 -> 0; sample 1, y = 1: 3 - 1 + 1 = 3; sample 2, y = 2: 1 - 0.5 + 1 = 1.5
+    loss = MultiClassHingeLoss(margin=1.0)
+    assert loss(HINGE_LOGITS, HINGE_LABELS).item() == pytest.approx((0 + 3 + 1.5) / 3)
+    # weights [1, 2, 4]: mean over samples of w_y * hinge, (1 * 0 + 2 * 3 + 4 * 1.5) / 3
+    weighted = loss(HINGE_LOGITS, HINGE_LABELS, torch.tensor([1.0, 2.0, 4.0]))
+    assert weighted.item() == pytest.approx((0 + 6 + 6) / 3)
+    assert loss.label_kinds == {"single"} and not loss.sigmoid_head and not loss.normalized_classifier
+
+
+def test_hinge_gradient_moves_only_the_true_and_the_strongest_wrong_logit():
+    """dL/dz_i = (e_{j*} - e_y) / N for a sample inside the margin (j* its strongest wrong class),
+    0 for a sample past it; the weight w_y scales its row."""
+    logits = HINGE_LOGITS.clone().requires_grad_(True)
+    MultiClassHingeLoss(margin=1.0)(logits, HINGE_LABELS, torch.tensor([1.0, 2.0, 4.0])).backward()
+    expected = torch.tensor([[0.0, 0.0, 0.0], [0.0, -2.0, 2.0], [4.0, 0.0, -4.0]]) / 3
+    assert torch.allclose(logits.grad, expected)
+
+
+def test_ldam_hinge_form_by_hand():
+    """LDAM-HG (Cao et al. 2019, eq. 10): counts [16, 1] -> margins [0.25, 0.5].
+    sample 0, y = 0, z = [0.1, 0]: 0 - 0.1 + 0.25 = 0.15; sample 1, y = 1, z = [0.2, 0.5]: 0.2 - 0.5 + 0.5 = 0.2.
+    Eq. 10 has no scale: s = 2 and s = 30 give the same loss."""
+    logits, labels = torch.tensor([[0.1, 0.0], [0.2, 0.5]]), torch.tensor([0, 1])
+    for scale in (2.0, 30.0):
+        loss = LDAMLoss(max_margin=0.5, scale=scale, normalized_classifier=False, form="hinge")
+        loss.prepare([16, 1], 17)
+        assert loss(logits, labels).item() == pytest.approx((0.15 + 0.2) / 2)
+        assert loss(logits, labels, torch.tensor([1.0, 3.0])).item() == pytest.approx((0.15 + 3 * 0.2) / 2)
+    # uniform margins (HG on the cosine head): 0.5 for both, 0 - 0.1 + 0.5 = 0.4 and 0.2
+    uniform = LDAMLoss(max_margin=0.5, scale=30.0, normalized_classifier=True, uniform_margin=True, form="hinge")
+    uniform.prepare([16, 1], 17)
+    assert uniform(logits, labels).item() == pytest.approx((0.4 + 0.2) / 2)
+
+
+def test_ldam_hinge_form_is_the_hinge_with_ldam_margins():
+    logits, labels, _, weights = random_batch(16, 10, 0.2)
+    loss = LDAMLoss(max_margin=0.5, scale=30.0, normalized_classifier=True, form="hinge")
+    loss.prepare(COUNTS, sum(COUNTS))
+    assert torch.allclose(loss(logits, labels, weights), multiclass_hinge_loss(logits, labels, loss.margins, weights))
+    uniform = LDAMLoss(max_margin=0.7, scale=30.0, normalized_classifier=True, uniform_margin=True, form="hinge")
+    uniform.prepare(COUNTS, sum(COUNTS))
+    assert torch.allclose(uniform(logits, labels, weights), MultiClassHingeLoss(margin=0.7)(logits, labels, weights))
+    # the default form is the cross-entropy, unchanged
+    default = LDAMLoss(max_margin=0.5, scale=30.0, normalized_classifier=True)
+    default.prepare(COUNTS, sum(COUNTS))
+    assert default.form == "ce"
+    assert torch.allclose(default(logits, labels), ldam_loss(logits, labels, default.margins, 30.0))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: MultiClassHingeLoss(margin=0.0), "margin=0.0 must be > 0"),
+    (lambda: LDAMLoss(0.5, 30.0, True, form="squared"), "form='squared' must be one of ce, hinge"),
+])
+def test_hinge_arguments_are_checked(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_runs_saved_before_ldam_had_a_form_resume_as_the_ce_form():
+    saved = {"loss": {"name": "ldam", "max_margin": 0.5, "uniform_margin": False}}
+    current = {"loss": {**saved["loss"], "form": "ce"}}
+    assert config_differences(saved, current) == []
+    assert config_differences(saved, {"loss": {**current["loss"], "form": "hinge"}}) == ["loss.form"]
 
 
 # ---------------------------------------------------------------- Balanced Softmax
@@ -259,6 +336,9 @@ def test_logit_adjusted_loss_spans_ce_and_balanced_softmax():
 def test_yaml_defaults_build_the_losses(compose_cfg):
     ldam = build(compose_cfg(["loss=ldam"]).loss, "loss")
     assert isinstance(ldam, LDAMLoss) and (ldam.max_margin, ldam.scale, ldam.normalized_classifier) == (0.5, 30.0, True)
+    assert ldam.form == "ce" and build(compose_cfg(["loss=ldam", "loss.form=hinge"]).loss, "loss").form == "hinge"
+    hinge = build(compose_cfg(["loss=hinge"]).loss, "loss")
+    assert isinstance(hinge, MultiClassHingeLoss) and hinge.margin == 1.0
     asl = build(compose_cfg(["loss=asl"]).loss, "loss")
     assert isinstance(asl, AsymmetricLoss) and (asl.gamma_pos, asl.gamma_neg, asl.clip) == (0.0, 4.0, 0.05)
     assert isinstance(build(compose_cfg(["loss=balanced_softmax"]).loss, "loss"), BalancedSoftmax)
@@ -271,6 +351,8 @@ def test_yaml_defaults_build_the_losses(compose_cfg):
     [
         (["loss=ldam", "loss.max_margin=0"], "loss.max_margin"),
         (["loss=ldam", "loss.scale=-1"], "loss.scale"),
+        (["loss=ldam", "loss.form=squared"], "loss.form"),
+        (["loss=hinge", "loss.margin=0"], "loss.margin"),
         (["loss=asl", "loss.gamma_pos=-1"], "loss.gamma_pos"),
         (["loss=asl", "loss.gamma_neg=-0.5"], "loss.gamma_neg"),
         (["loss=asl", "loss.clip=1"], "loss.clip"),

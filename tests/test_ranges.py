@@ -163,6 +163,7 @@ WALKS: dict[str, list[Walk]] = {
     "loss.gamma_neg": [floats((*MNIST, "loss=asl"), 0, F)],
     "loss.clip": [floats((*MNIST, "loss=asl"), 0, 1, open_high=True)],
     "loss.tau": [floats((*MNIST, "loss=logit_adjusted"), 0, F)],
+    "loss.margin": [floats((*MNIST, "loss=hinge"), 0, F, open_low=True)],
     "reweight.beta": [floats((*MNIST, "reweight=cb"), 0, 1, open_high=True)],
     "reweight.start_epoch": [ints(MNIST, 0, INT64_MAX)],
     # the largest step, lr x gamma^(milestones) / (1 - beta1), is finite in float32 too

@@ -119,7 +119,7 @@ def test_build_model_sets_the_sigmoid_prior(compose_cfg, data_root, tmp_path):
 @pytest.mark.parametrize("overrides, method", [
     (["experiment=mnist_lt_cb_focal"], "loss=focal(γ=2, softmax=false) reweight=cb(β=0.9999)"),
     (["experiment=cao2019_table2/ldam_drw"],
-     "loss=ldam(max_margin=0.5, scale=30, normalized_classifier=true, uniform_margin=false) "
+     "loss=ldam(max_margin=0.5, scale=30, normalized_classifier=true, uniform_margin=false, form=ce) "
      "reweight=cb(β=0.9999, start_epoch=160)"),
     (["experiment=plm_multimnist", "loss.base=focal", "loss.focal.gamma=1"],
      "loss=plm(base=focal(γ=1, softmax=false), bins=10, lr=0.1) reweight=none"),

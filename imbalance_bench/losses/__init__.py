@@ -10,6 +10,7 @@ from imbalance_bench.losses.dfl import DualFocalLoss, dual_focal_terms
 from imbalance_bench.losses.focal import (
     SigmoidFocalLoss, SoftmaxFocalLoss, create_focal, sigmoid_focal_loss, softmax_focal_loss,
 )
+from imbalance_bench.losses.hinge import MultiClassHingeLoss, multiclass_hinge_loss
 from imbalance_bench.losses.ldam import LDAMLoss, ldam_loss, ldam_margins
 from imbalance_bench.losses.logit_adjusted import LogitAdjustedLoss
 from imbalance_bench.losses.plm import PartialLabelMasking
@@ -30,6 +31,8 @@ __all__ = [
     "balanced_softmax_loss",
     "log_class_prior",
     "LDAMLoss",
+    "MultiClassHingeLoss",
+    "multiclass_hinge_loss",
     "LogitAdjustedLoss",
     "ldam_loss",
     "ldam_margins",

@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from imbalance_bench.losses.base import ClassificationLoss
+from imbalance_bench.losses.hinge import multiclass_hinge_loss
 from imbalance_bench.losses.softmax_ce import softmax_cross_entropy
+
+#: LDAM's two forms: the cross-entropy with margins (eq. 13) and the hinge (LDAM-HG, eq. 10)
+FORMS = ("ce", "hinge")
 
 
 def ldam_margins(class_counts: Sequence[int], max_margin: float, uniform: bool = False) -> torch.Tensor:
@@ -56,6 +60,13 @@ class LDAMLoss(ClassificationLoss):
     reweight.start_epoch = 160 this is LDAM-DRW; `uniform_margin=True` gives every class the
     largest margin, and with DRW that is the M-DRW row of Cao et al.'s Table 2.
 
+    `form="hinge"` is LDAM-HG, the hinge the paper starts from (eq. 10):
+    max(max_{j != y} z_j - z_y + Delta_y, 0), with the same margins and head. Eq. 10 has no
+    scale, so `scale` is not used there (on a hinge it would only multiply the loss). With
+    `uniform_margin=True` it is the paper's HG (a margin independent of the class). Table 2's
+    HG-DRS and LDAM-HG-DRS defer re-sampling, which this runner does not do; deferred re-weighting
+    (reweight.start_epoch) is the counterpart, which the paper finds performs alike (Table 5).
+
     Class weights: per-sample w_{y_i}, mean over samples, as this project's softmax CE does
     (Cui et al. 2019). The reference code (kaidic/LDAM-DRW) passes them to torch's
     `cross_entropy(weight=...)`, which divides by sum_i w_{y_i} instead; we keep the project's
@@ -65,8 +76,11 @@ class LDAMLoss(ClassificationLoss):
 
     name = "ldam"
 
-    def __init__(self, max_margin: float, scale: float, normalized_classifier: bool, uniform_margin: bool = False):
+    def __init__(self, max_margin: float, scale: float, normalized_classifier: bool, uniform_margin: bool = False,
+                 form: str = "ce"):
         super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form={form!r} must be one of {', '.join(FORMS)}")
         if not max_margin > 0:
             raise ValueError(f"max_margin={max_margin} must be > 0")
         if not scale > 0:
@@ -75,6 +89,7 @@ class LDAMLoss(ClassificationLoss):
         self.scale = float(scale)
         self.normalized_classifier = bool(normalized_classifier)
         self.uniform_margin = bool(uniform_margin)
+        self.form = form
         # derived from the class counts, so recomputed by `prepare` rather than checkpointed
         self.register_buffer("margins", None, persistent=False)
 
@@ -87,8 +102,10 @@ class LDAMLoss(ClassificationLoss):
             raise RuntimeError("LDAMLoss.prepare(class_counts, num_samples) must run before forward: the margins come from the train split's class counts")
         if logits.shape[1] != self.margins.numel():
             raise ValueError(f"logits have {logits.shape[1]} classes but the margins were prepared for {self.margins.numel()}")
+        if self.form == "hinge":
+            return multiclass_hinge_loss(logits, targets, self.margins, class_weights)
         return ldam_loss(logits, targets, self.margins, self.scale, class_weights)
 
     def extra_repr(self) -> str:
         return (f"max_margin={self.max_margin}, scale={self.scale}, normalized_classifier={self.normalized_classifier}, "
-                f"uniform_margin={self.uniform_margin}")
+                f"uniform_margin={self.uniform_margin}, form={self.form}")

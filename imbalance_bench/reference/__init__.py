@@ -11,7 +11,9 @@ Schema of `<name>.yaml`:
   `{value: number, match: {...}}` when the cell came from its own configuration (a per-cell search).
 
 Match keys (all must equal the run's, numbers compared to 1e-9): `model`, `loss`, `reweight`,
-`drw` (reweight.start_epoch > 0), and `loss.<key>` / `reweight.<key>` for any config value.
+`sampler`, `drw` (reweight.start_epoch > 0), `drs` (sampler.start_epoch > 0), and `loss.<key>` /
+`reweight.<key>` / `sampler.<key>` for any config value. A row that names no `sampler` is of
+instance-sampled runs (`sampler: instance`), as every paper's table is unless its row says otherwise.
 Only numbers checked against the cited source go into these files.
 """
 
@@ -27,6 +29,7 @@ import yaml
 from imbalance_bench.errors import ImbenchError
 
 REQUIRED_KEYS = ("name", "tag", "metric", "source", "rows")
+ROW_DEFAULTS = {"sampler": "instance"}  # what a row's `match` means when it does not say
 
 
 def reference_names() -> list[str]:
@@ -74,8 +77,9 @@ def lookup(reference: dict[str, Any], method: dict[str, Any], dataset: str, imba
     """The published value and row label for a run's method in one column, or None."""
     if imbalance_factor is None or not matches(reference.get("requires"), method):
         return None
+    method = {**ROW_DEFAULTS, **method}
     for row in reference["rows"]:
-        if not matches(row.get("match"), method):
+        if not matches({**ROW_DEFAULTS, **(row.get("match") or {})}, method):
             continue
         by_factor = (row.get("cells", {}).get(dataset) or {}).get(imbalance_type) or {}
         for factor, cell in by_factor.items():
