@@ -59,8 +59,9 @@ main(sys.argv[1:])
 def test_a_run_killed_after_an_epoch_resumes_to_identical_results(data_root, tmp_path, imbench_in_process):
     """kill -9 right after the epoch-1 checkpoint, in a process of its own: the lock it held does not
     block the same command (in this process), which resumes from the checkpoint, removes the `.tmp`
-    files of the atomic writes the kill cut short, and ends bit-identical to a run never interrupted."""
-    args = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=2"]
+    files of the atomic writes the kill cut short, and ends bit-identical to a run never interrupted.
+    Class-balanced re-sampling deferred to epoch 2 (DRS): its draws come from the checkpointed state."""
+    args = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=2", "sampler=class_balanced", "sampler.start_epoch=1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     code, err = imbench_in_process(*args, f"hydra.run.dir={whole}")
     assert code == 0, err[-3000:]
@@ -183,10 +184,11 @@ def test_divergence_keeps_the_last_good_checkpoints_and_records_its_status(compo
 def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_identical_results(compose_cfg, data_root, tmp_path,
                                                                                 monkeypatch):
     """SIGTERM during step 6 (epoch 2 of 2): the step finishes, last.pt records the position inside
-    the epoch, and the resumed run ends exactly where an uninterrupted one does."""
+    the epoch, and the resumed run ends exactly where an uninterrupted one does; with progressive
+    re-sampling, the stopped epoch's draws are drawn again from the state at its start."""
     import imbalance_bench.step as step_module
 
-    overrides = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=2", "trainer.batch_size=64"]
+    overrides = [*SMALL, f"dataset.root={data_root}", "trainer.epochs=2", "trainer.batch_size=64", "sampler=progressive"]
     whole = run(compose_cfg(overrides), tmp_path / "whole")
     original, calls = step_module.TrainStep.__call__, []
 
