@@ -45,6 +45,7 @@ class RunContext:
     switches: Switches
     run_dir: Path
     world: World
+    stage: Any = None  # decoupled.JointTraining or a second stage (conf/stage/)
 
 
 def seed_everything(seed: int) -> None:
@@ -115,10 +116,10 @@ def init_classifier_bias(model: torch.nn.Module, criterion: ClassificationLoss, 
             classifier_of(model).bias.fill_(bias)
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, criterion: ClassificationLoss, switches: Switches):
-    """The optimiser over the model and any learnable loss parameter (DFL's gamma), the latter
+    """The optimiser over the model's trainable parameters and any learnable loss parameter (DFL's gamma), the latter
     without weight decay, which would pull it toward 0 rather than where the loss wants it.
     With `trainer.fused_optimizer` the update is one fused kernel (and capturable in a CUDA graph)."""
-    groups = [{"params": list(model.parameters())}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]  # a decoupled stage freezes some
     loss_params = [p for p in criterion.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "weight_decay": 0.0})

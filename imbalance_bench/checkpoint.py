@@ -35,7 +35,8 @@ RESUME_MAY_DIFFER = ("trainer.resume", "trainer.progress_bar", "trainer.num_work
 #: without the key is compared as if it held this value
 ADDED_KEYS = {"trainer.dtype": "float32", "metrics.logit_adjust_tau": None,
               "sampler._target_": "imbalance_bench.data.sampling.InstanceSampler", "sampler.name": "instance",
-              "sampler.start_epoch": 0}
+              "sampler.start_epoch": 0, "stage._target_": "imbalance_bench.decoupled.JointTraining",
+              "stage.name": "none", "stage.init_from": None}
 #: keys added to one option of a group (group, name) after runs of it were written, with the value they had
 ADDED_OPTION_KEYS = {("loss", "ldam"): {"uniform_margin": False, "form": "ce"}}
 #: the factories that conf/ named in `_target_` before each option named its class, picking the

@@ -361,6 +361,14 @@ def run_command(argv: list[str]) -> None:
 # ------------------------------------------------------------------ pre-flight
 
 
+def check_stage_of(cfg: DictConfig) -> None:
+    """A decoupled stage's stage-1 run (decoupled.check_stage), read before any data."""
+    from imbalance_bench.data import data_source
+    from imbalance_bench.decoupled import check_stage
+
+    check_stage(cfg, data_source(cfg.dataset).label_kind)
+
+
 def preflight(argv: list[str], configs: list[DictConfig] | None = None) -> list[list[str]]:
     """Compose and validate every job the command line describes; raise ConfigError on the first bad one.
     Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree);
@@ -392,6 +400,7 @@ def preflight(argv: list[str], configs: list[DictConfig] | None = None) -> list[
             check_ddp(cfg, world)
             if not args.cfg:  # a run: check what the implementations declare (this imports them, and torch),
                 check_combinations(cfg)  # and since Hydra makes the run's folder first thing, that it can
+                check_stage_of(cfg)
                 key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
                 check_writable(Path(str(OmegaConf.select(cfg, key))), key)
             if configs is not None:

@@ -22,7 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from imbalance_bench import CONF_DIR, is_int
 from imbalance_bench.errors import ConfigError
 
-CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "sampler", "optimizer", "scheduler", "trainer", "recipe", "experiment")
+CONFIG_GROUPS = ("dataset", "model", "loss", "reweight", "sampler", "stage", "optimizer", "scheduler", "trainer", "recipe", "experiment")
 
 # ---------------------------------------------------------------- rules
 
@@ -387,6 +387,19 @@ class SamplerSchema:
                               f"({epochs}), or re-sampling never starts")
 
 
+@dataclass
+class StageSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+    init_from: Optional[str] = None  # checked by decoupled.check_stage, which reads the run it names
+
+
+@dataclass
+class TauNormSchema(StageSchema):
+    taus: List[float] = rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_f32(t) and t >= 0 for t in v),
+                      f"a non-empty list of numbers >= 0 and <= {F32}")
+
+
 # ---------------------------------------------------------------- optimisation
 
 
@@ -543,6 +556,8 @@ SCHEMAS = [
     ("reweight", "plain", ReweightSchema),
     ("reweight", "class_balanced", ClassBalancedSchema),
     ("sampler", "sampler", SamplerSchema),
+    ("stage", "stage", StageSchema),
+    ("stage", "tau_norm", TauNormSchema),
     ("optimizer", "sgd", SGDSchema),
     ("optimizer", "adamw", AdamWSchema),
     ("scheduler", "warmup_multistep", WarmupMultiStepSchema),
@@ -666,7 +681,7 @@ def check_combinations(cfg: DictConfig) -> None:
     from imbalance_bench.data import data_source
     from imbalance_bench.targets import check_label, implementation
 
-    for group in ("dataset", "model", "loss", "reweight", "sampler"):
+    for group in ("dataset", "model", "loss", "reweight", "sampler", "stage"):
         check_label(cfg[group], group)
         for key, child in cfg[group].items():  # nested implementations: PLM's base losses
             if isinstance(child, DictConfig) and "_target_" in child:

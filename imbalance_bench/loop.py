@@ -23,12 +23,15 @@ from imbalance_bench.distributed import World, global_batch_rows
 from imbalance_bench.errors import ImbenchError, ProcessError
 from imbalance_bench.losses import Reweighting, log_class_prior
 from imbalance_bench.metrics import multi_label_metrics, single_label_metrics
-from imbalance_bench.outputs import format_epoch, rewrite_summary, tensorboard_writer, write_epoch
-from imbalance_bench.runfiles import save_checkpoint
+from imbalance_bench.outputs import SUMMARY_COLUMNS, format_epoch, format_scores, rewrite_summary, summarize, tensorboard_writer, write_epoch
+from imbalance_bench.runfiles import append_csv_row, save_checkpoint
 from imbalance_bench.signals import Interrupted, StopRequest
 from imbalance_bench.step import Precision, TrainStep, current_lr, model_input, to_memory_format, upcast
 
 log = logging.getLogger("imbench")
+
+TAU_SWEEP_COLUMNS = tuple(c for c in SUMMARY_COLUMNS if c not in ("epoch", "step", "lr", "train_loss", "train_s",
+                                                                    "train_images"))
 
 
 def fit(run: RunContext, state: TrainState, precision: Precision, reweighting: Reweighting,
@@ -128,6 +131,31 @@ def fit(run: RunContext, state: TrainState, precision: Precision, reweighting: R
     if writer is not None:
         writer.close()
 
+def sweep_tau(run: RunContext, state: TrainState, precision: Precision) -> dict[str, Any]:
+    """Score the test split with the tau-normalised classifier for each tau of `stage.taus`
+    (decoupled.TauNormalization, Kang et al. 2020), one row each in tau_sweep.csv; the metrics.json
+    record names the best tau by the monitor, whose record is both `final` and `best`."""
+    cfg, stage, history = run.cfg, run.stage, state.history
+    _, test_loader = build_loaders(cfg, run.data, run.device, run.switches, state.generators.shuffle, run.world)
+    for number, tau in enumerate(stage.taus, start=1):
+        started = time.perf_counter()
+        with stage.normalized(state.model, tau):
+            record = {"epoch": number, "step": 0, "tau": tau, "train_s": 0.0, "train_images": 0,
+                      **evaluate(run, state.model, state.criterion, test_loader, precision)}
+        record["eval_s"] = round(time.perf_counter() - started, 4)
+        history.epochs.append(record)
+        value = record[history.monitor]
+        if value is not None and value > history.best_value:
+            history.best_value, history.best_epoch = value, number
+        log.info("tau %g:%s", tau, format_scores(record))
+        if run.world.is_main:
+            append_csv_row(run.run_dir / "tau_sweep.csv", record, ("tau", *TAU_SWEEP_COLUMNS))
+    history.finished = True
+    metrics = summarize(run, history)
+    best = metrics["best"]
+    metrics.update(final=best, final_epoch=best["epoch"], epochs_completed=0, best_tau=best["tau"])
+    return metrics
+
 class TrainingDiverged(ImbenchError):
     """The loss became NaN or infinite."""
 
@@ -199,7 +227,7 @@ def train_one_epoch(
     processes agree on it)."""
     cfg, data, device, world = run.cfg, run.data, run.device, run.world
     step, augment_gen = state.history.steps, state.generators.augment
-    state.model.train()
+    run.stage.train_mode(state.model)  # train mode, or eval for a decoupled stage's frozen features
     state.criterion.train()
     tracker = LossTracker(run.switches.sync_every, epoch, current_lr(train_step.optimizer), world)
     skip = 0

@@ -38,7 +38,12 @@ def rewrite_summary(run_dir: Path, epochs: list[dict[str, Any]]) -> None:
         append_csv_row(run_dir / "summary.csv", record, SUMMARY_COLUMNS)
 
 def format_epoch(record: dict[str, Any], total_epochs: int) -> str:
-    text = f"epoch {record['epoch']}/{total_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}"
+    return (f"epoch {record['epoch']}/{total_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}"
+            + format_scores(record))
+
+def format_scores(record: dict[str, Any]) -> str:
+    """The test split's loss and headline metrics of an epoch record, for its log line."""
+    text = ""
     if "test_loss" in record:
         text += "  test loss " + ("nan" if record["test_loss"] is None else f"{record['test_loss']:.4f}")
     shown = (("top1", "top-1"), ("top5", "top-5"), ("map", "mAP"), ("mean_f2", "mean F2"))
@@ -113,4 +118,5 @@ def summarize(run: RunContext, history: History, error: str | None = None) -> di
         "train_time_s": round(history.seconds, 3),
         "train_images_per_s": train_throughput(history.epochs),
         "config": run.config,  # what a rerun compares before it skips this run
+        **({"stage1": record} if (record := run.stage.record()) else {}),  # a decoupled stage's stage-1 run
     }

@@ -75,6 +75,9 @@ def describe_run(config: dict) -> str:
     optimizer = str(config["optimizer"].get("_target_", "")).rpartition(".")[2]
     sampler = config.get("sampler") or {"name": "instance"}  # runs from before re-sampling drew instances
     sampling = "" if sampler["name"] == "instance" else " " + describe_choice("sampler", sampler)
+    stage = config.get("stage") or {"name": "none"}  # runs from before decoupled stages were one stage
+    if stage["name"] != "none":
+        sampling += f" stage={stage['name']} from {stage.get('init_from')}"
     length = f"{trainer['epochs']} epoch" + ("s" if trainer["epochs"] != 1 else "") + (f" (stop at step {trainer['max_steps']})" if trainer.get("max_steps") else "")
     return (f"{data} | {config['model']['name']} | {describe_choice('loss', config['loss'])} "
             f"{describe_choice('reweight', config['reweight'])}{sampling} | {optimizer} lr "
@@ -88,8 +91,11 @@ def format_summary(metrics: dict[str, Any]) -> str:
     config = metrics.get("config")
     title = (describe_run(config) if isinstance(config, dict) else
              f"{metrics['dataset']} | {metrics['model']} | loss={metrics['loss']} reweight={metrics['reweight']}")
+    progress = f"epochs {metrics['epochs_completed']}, best epoch {best_epoch}"
+    if "best_tau" in metrics:  # a tau-normalised classifier: a tau per row, nothing trained
+        progress = f"best τ = {format_number(metrics['best_tau'])}"
     lines = [
-        f"{title} | epochs {metrics['epochs_completed']}, best epoch {best_epoch} by test {metrics['monitor']}",
+        f"{title} | {progress} by test {metrics['monitor']}",
         header,
         "-" * len(header),
     ]

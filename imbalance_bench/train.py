@@ -28,12 +28,13 @@ from imbalance_bench.config import resolve_monitor
 from imbalance_bench.device import resolve_device
 from imbalance_bench.distributed import World, current_world
 from imbalance_bench.errors import ConfigError
-from imbalance_bench.loop import TrainingDiverged, fit
+from imbalance_bench.loop import TrainingDiverged, fit, sweep_tau
 from imbalance_bench.outputs import summarize
 from imbalance_bench.rundir import check_writable, claimed, remove_leftovers, write_hydra_record
 from imbalance_bench.runfiles import write_json
 from imbalance_bench.signals import set_stage
 from imbalance_bench.step import Precision
+from imbalance_bench.targets import build as build_target
 from imbalance_bench.summary import describe_run, format_summary
 
 log = logging.getLogger("imbench")
@@ -101,11 +102,20 @@ def train_and_write(cfg: DictConfig, run_dir: Path, resolved_config: dict[str, A
     switches = resolve_switches(cfg, device, data, world)
     criterion, reweighting = build_loss(cfg, data, device)
     model = build_model(cfg, data, criterion, device, switches.channels_last, world)
+    stage = build_target(cfg.stage, "stage")
+    stage.prepare(model)  # a decoupled stage: stage 1's weights, frozen features
     optimizer, scheduler = build_optimizer(cfg, model, criterion, switches)
     precision = Precision(device, switches.amp, cfg.trainer.amp_dtype)
-    run = RunContext(cfg, resolved_config, data, device, switches, run_dir, world)
+    run = RunContext(cfg, resolved_config, data, device, switches, run_dir, world, stage)
     state = TrainState(model, optimizer, scheduler, precision.scaler, criterion, Generators.seeded(cfg.seed, device),
                        History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind)))
+    if not stage.trains:  # tau-normalisation: every tau scored, nothing trained
+        set_stage("scoring each tau")
+        metrics = sweep_tau(run, state, precision)
+        if world.is_main:
+            write_json(run_dir / "metrics.json", metrics)
+            log.info("results in %s\n%s", run_dir, format_summary(metrics))
+        return metrics
     try:
         fit(run, state, precision, reweighting, checkpoint)
     except TrainingDiverged as exc:

@@ -93,6 +93,7 @@ RECIPES = {
     "quick": (4, 128, "SGD", 0.1, "warmup_cosine", 0, None),
     "multimnist": (30, 128, "SGD", 0.1, "warmup_cosine", 1, None),
     "coco": (20, 32, "AdamW", 1e-4, "warmup_cosine", 1, None),
+    "stage2": (10, 128, "SGD", 0.1, "warmup_cosine", 0, None),  # decoupled/crt, lws on quick's optimiser (Kang et al. 2020: 10 epochs)
 }
 DATASET_RECIPES = {"mnist_lt": "quick", "cifar10_lt": "cifar_lt", "cifar100_lt": "cifar_lt",
                    "multimnist": "multimnist", "coco": "coco"}
@@ -172,6 +173,9 @@ cao2019_table2/ldam                    cifar10_lt  100 resnet32 ldam            
 cao2019_table2/cb_rw                   cifar10_lt  100 resnet32 ce               cb(0.9999)      cifar_lt
 cao2019_table2/cb_focal                cifar10_lt  100 resnet32 focal(1,softmax) cb(0.9999)      cifar_lt
 cao2019_table2/ldam_drw                cifar10_lt  100 resnet32 ldam             cb(0.9999,start=160) cifar_lt
+decoupled/crt                          mnist_lt    100 resnet32 ce               none            stage2
+decoupled/lws                          mnist_lt    100 resnet32 ce               none            stage2
+decoupled/tau_norm                     mnist_lt    100 resnet32 ce               none            quick
 """
 
 

@@ -23,7 +23,7 @@ LAYERS = (
     ("data", "losses", "models"),  # datasets, losses, networks
     ("config",),  # the schemas and checks, which read what the dataset and loss classes declare
     ("device", "step", "checkpoint", "rundir"),  # the pieces of a run
-    ("build",),  # building a run from its config
+    ("build", "decoupled"),  # building a run from its config; a decoupled second stage
     ("outputs",),  # what a run writes
     ("loop",),  # fit, one epoch, evaluation
     ("train", "report"),  # a run; the report over runs

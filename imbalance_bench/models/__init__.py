@@ -7,7 +7,7 @@ from typing import Callable
 import torch.nn as nn
 
 from imbalance_bench.errors import ImbenchError
-from imbalance_bench.models.heads import NormedLinear, use_normed_classifier
+from imbalance_bench.models.heads import NormedLinear, ScaledClassifier, replace_classifier, use_normed_classifier
 from imbalance_bench.models.resnet_cifar import resnet32
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {"resnet32": resnet32}
@@ -50,6 +50,6 @@ def create_model(
 def classifier_of(model: nn.Module) -> nn.Linear | NormedLinear:
     """The final linear layer (timm and project models both expose `get_classifier`)."""
     head = model.get_classifier()
-    if not isinstance(head, (nn.Linear, NormedLinear)):
+    if not isinstance(head, (nn.Linear, NormedLinear, ScaledClassifier)):
         raise TypeError(f"expected a linear classifier, got {type(head).__name__}")
     return head
