@@ -369,10 +369,11 @@ def check_stage_of(cfg: DictConfig) -> None:
     check_stage(cfg, data_source(cfg.dataset).label_kind)
 
 
-def preflight(argv: list[str], configs: list[DictConfig] | None = None) -> list[list[str]]:
+def preflight(argv: list[str], configs: list[DictConfig] | None = None, check_stages: bool = True) -> list[list[str]]:
     """Compose and validate every job the command line describes; raise ConfigError on the first bad one.
     Returns the jobs' override lists (none when Hydra itself answers: --help, --info, a user config tree);
-    each job's composed config is appended to `configs` when given (read without composing it again)."""
+    each job's composed config is appended to `configs` when given (read without composing it again).
+    `check_stages=False` leaves a decoupled stage's stage-1 run unread (a table that trains it first)."""
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
@@ -400,7 +401,8 @@ def preflight(argv: list[str], configs: list[DictConfig] | None = None) -> list[
             check_ddp(cfg, world)
             if not args.cfg:  # a run: check what the implementations declare (this imports them, and torch),
                 check_combinations(cfg)  # and since Hydra makes the run's folder first thing, that it can
-                check_stage_of(cfg)
+                if check_stages:
+                    check_stage_of(cfg)
                 key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
                 check_writable(Path(str(OmegaConf.select(cfg, key))), key)
             if configs is not None:

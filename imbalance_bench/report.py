@@ -8,6 +8,7 @@ tables), runfiles and checkpoint (which import torch) are imported where they ar
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -28,10 +29,13 @@ from imbalance_bench.summary import GREEK, format_number
 # (run_groups, build_tables) -> aggregate seeds (aggregate) -> format (format_cell, format_markdown,
 # csv_rows) -> write (write_report, with the plots).
 
-METRICS = ("top1_error", "top1", "mean_f2", "map")
+METRICS = ("top1_error", "top1", "many_shot_top1", "medium_shot_top1", "few_shot_top1", "mean_f2", "map")
 METRIC_TITLES = {
     "top1_error": "Top-1 error (%)",
     "top1": "Top-1 accuracy (%)",
+    "many_shot_top1": "Many-shot top-1 accuracy (%)",
+    "medium_shot_top1": "Medium-shot top-1 accuracy (%)",
+    "few_shot_top1": "Few-shot top-1 accuracy (%)",
     "mean_f2": "Mean F2 (%)",
     "map": "mAP (%)",
 }
@@ -45,11 +49,12 @@ ALWAYS_SHOWN = {"loss.gamma", "loss.base", "reweight.beta"}
 # column is the dataset (its name; dataset._target_ names its class), imbalance factor and profile). Any other model.* key (pretrained, ...) splits.
 NOT_COMPARED = re.compile(
     r"^(seed|hydra\..*|dataset\.(root|download)|trainer\.eval_batch_size|"
-    r"dataset\.(_target_|name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*|sampler\..*)$"
+    r"dataset\.(_target_|name|imbalance_factor|imbalance_type)|model\.name|loss\..*|reweight\..*|sampler\..*|stage\..*)$"
 )
 # What runs of one config must also share to be averaged: train subset, epochs and steps completed.
 RUN_FACTS = ("subset_sha256", "epochs_completed", "steps")
-METHOD_GROUPS = ("loss", "reweight", "sampler")  # the groups whose options and keys make a run's method
+METHOD_GROUPS = ("loss", "reweight", "sampler", "stage")  # the groups whose options and keys make a run's method
+NOT_METHOD = ("name", "_target_", "_recursive_", "init_from")  # a stage-2 run's stage 1 differs with its seed
 UNSET = "<unset>"  # a config key some runs of a group have and this one does not
 SWEEP_SUMMARY = "sweep.json"  # written by imbench at the end of a sweep (cli.py, SweepReport)
 CSV_COLUMNS = (
@@ -191,10 +196,10 @@ def method_keys(metrics: dict, config: dict) -> dict:
     from imbalance_bench.checkpoint import with_added_keys
 
     keys = {"model": metrics.get("model"), "loss": metrics.get("loss"), "reweight": metrics.get("reweight"),
-            "sampler": metrics.get("sampler", "instance")}
+            "sampler": metrics.get("sampler", "instance"), "stage": (config.get("stage") or {}).get("name", "none")}
     for key, value in with_added_keys(flatten(config)).items():
         group, _, rest = key.partition(".")
-        if group in METHOD_GROUPS and rest not in ("name", "_target_", "_recursive_"):
+        if group in METHOD_GROUPS and rest not in NOT_METHOD:
             keys[key] = value
     keys["drw"] = (keys.get("reweight.start_epoch") or 0) > 0 and keys["reweight"] != "none"
     keys["drs"] = (keys.get("sampler.start_epoch") or 0) > 0 and keys["sampler"] != "instance"
@@ -274,6 +279,20 @@ def read_run(path: Path) -> Run | Skipped:
         if not isinstance(config, dict):
             return Skipped(path, "malformed .hydra/config.yaml: not a mapping", damaged=True)
     return Run(path, metrics, stats, config, method_keys(metrics, config))
+
+
+def post_hoc_adjusted(run: Run) -> list[Run]:
+    """A run evaluated with post-hoc logit adjustment (metrics.logit_adjust_tau) as a row of its own:
+    its adjusted scores (z - tau log pi, Menon et al. 2021) under the method `+ post-hoc LA tau=...`.
+    Its epochs are the run's, the best one chosen by the raw scores' monitor."""
+    final, best = run.metrics.get("final") or {}, run.metrics.get("best") or {}
+    adjusted = final.get("logit_adjusted")
+    if not isinstance(adjusted, dict):
+        return []
+    records = {key: {"epoch": record.get("epoch"), **(record.get("logit_adjusted") or {})}
+               for key, record in (("final", final), ("best", best))}
+    return [dataclasses.replace(run, metrics={**run.metrics, **records},
+                                method={**run.method, "posthoc_tau": adjusted.get("tau")})]
 
 
 def malformed_sweep(data) -> str | None:
@@ -398,6 +417,10 @@ def method_labels(methods: list[dict]) -> list[str]:
             text += f" + {m['sampler']} sampling" + params(m, "sampler")
             if m.get("drs"):
                 text += f" DRS@{m['sampler.start_epoch']}"
+        if m.get("stage") not in (None, "none"):
+            text += f" → {m['stage']}" + params(m, "stage")
+        if m.get("posthoc_tau") is not None:
+            text += f" + post-hoc LA τ={_value(m['posthoc_tau'])}"
         if several_models:
             text += f" [{m['model']}]"
         labels.append(text)
@@ -886,7 +909,7 @@ def write_report(paths: list[Path], out_dir: Path, epoch: str = "last", metric: 
     if not run_dirs and not jobs:
         raise ImbenchError(f"no run directories (with metrics.json) under {', '.join(map(str, paths))}")
     read = [read_run(d) for d in run_dirs]
-    runs = [r for r in read if isinstance(r, Run)]
+    runs = [each for r in read if isinstance(r, Run) for each in (r, *post_hoc_adjusted(r))]
     # a job the sweep recorded as failed or stopped says why, rather than "no metrics.json"; a damaged
     # file is still named, and a completed run (finished later) is reported
     skipped = [jobs.get(r.path.resolve(), r) if not r.damaged else r for r in read if isinstance(r, Skipped)]

@@ -1,8 +1,9 @@
 """Run a published table as Hydra multiruns, then write its `imbench-report`.
 
 `scripts/reproduce_<table>.sh` calls this module with the table's sweeps, each one `imbench -m`
-command line (Hydra's basic sweeper runs the cartesian product of its comma lists), followed by the
-user's options:
+command line (Hydra's basic sweeper runs the cartesian product of its comma lists; `{out}` stands
+for the table's folder, so that a decoupled stage can start from an earlier sweep's runs), followed
+by the user's options:
 
     scripts/reproduce_<table>.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 
@@ -91,12 +92,14 @@ def parse_seeds(text: str | None) -> str | None:
     return ",".join(seeds)
 
 
-def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep]:
-    """Add the seeds and the user's overrides to every sweep, expand and validate all of its jobs."""
+def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str], out: Path | None = None) -> list[Sweep]:
+    """Add the seeds and the user's overrides to every sweep, expand and validate all of its jobs.
+    A decoupled stage whose `stage.init_from` is a run of an earlier sweep of the table (under `out`)
+    is checked when it starts, after that sweep; any other stage-1 run is checked now."""
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from imbalance_bench.cli import preflight
+    from imbalance_bench.cli import check_stage_of, preflight
 
     names = [s.name for s in sweeps]
     if len(set(names)) != len(names):
@@ -109,17 +112,33 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str]) -> list[Sweep
             raise ConfigError(f"{arg}: give seeds either with --seeds or as seed=..., not both")
         if key.startswith("hydra.sweep") or key.startswith("hydra.run"):
             raise ConfigError(f"{arg}: the script places the runs itself; use --out DIR")
-    for sweep in sweeps:
+    for number, sweep in enumerate(sweeps):
         sweep.overrides = sweep.overrides + ([f"seed={seeds}"] if seeds else []) + list(extra)
         configs: list = []
         try:
-            sweep.jobs = preflight(["-m", *sweep.overrides], configs)
+            sweep.jobs = preflight(["-m", *sweep.overrides], configs, check_stages=False)
             sweep.datasets = [OmegaConf.to_container(cfg.dataset, resolve=True) for cfg in configs]
+            for cfg in configs:
+                if trained_earlier(cfg, out, names[:number]) is None:
+                    check_stage_of(cfg)
         except ConfigError as exc:
             raise ConfigError(f"sweep {sweep.name}: {exc}") from None
         finally:
             GlobalHydra.instance().clear()
     return sweeps
+
+
+def trained_earlier(cfg, out: Path | None, earlier: list[str]) -> str | None:
+    """The earlier sweep of the table whose run a decoupled stage starts from (`stage.init_from`
+    under out/<sweep>/), or None."""
+    init_from = cfg.stage.get("init_from")
+    if init_from is None or out is None:
+        return None
+    try:
+        sweep = Path(str(init_from)).resolve().relative_to(out.resolve()).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return sweep if sweep in earlier else None
 
 
 def check_data(sweeps: list[Sweep]) -> tuple[str | None, list[str]]:
@@ -227,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else Path("multirun") / args.table / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
         metric_choices(args.metric)
-        sweeps = plan([parse_sweep(s) for s in args.sweep], parse_seeds(args.seeds), args.overrides)
+        # `{out}` in a sweep is the table's folder: a later sweep can start from an earlier one's runs
+        texts = [s.replace("{out}", str(out.resolve())) for s in args.sweep]
+        sweeps = plan([parse_sweep(s) for s in texts], parse_seeds(args.seeds), args.overrides, out)
         missing, notes = check_data(sweeps)
         if not args.dry_run:
             if missing:
