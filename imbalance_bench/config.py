@@ -388,6 +388,11 @@ class SamplerSchema:
 
 
 @dataclass
+class EffectiveNumberSamplerSchema(SamplerSchema):
+    beta: float = fraction()
+
+
+@dataclass
 class StageSchema:
     _target_: str = MISSING
     name: str = MISSING
@@ -556,6 +561,7 @@ SCHEMAS = [
     ("reweight", "plain", ReweightSchema),
     ("reweight", "class_balanced", ClassBalancedSchema),
     ("sampler", "sampler", SamplerSchema),
+    ("sampler", "effective_number", EffectiveNumberSamplerSchema),
     ("stage", "stage", StageSchema),
     ("stage", "tau_norm", TauNormSchema),
     ("optimizer", "sgd", SGDSchema),

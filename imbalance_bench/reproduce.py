@@ -179,11 +179,16 @@ def print_plan(table: str, sweeps: list[Sweep], out: Path) -> None:
         common = sweep.common
         print(f"\nsweep {sweep.name} ({len(sweep.jobs)} runs): imbench -m {' '.join(sweep.overrides)}")
         if common:
-            print(f"  every run: {' '.join(common)}")
+            print(f"  every run: {_shown(common)}")
         for job in sweep.jobs:
             number += 1
-            print(f"  {number:>4}  {' '.join(o for o in job if o not in common) or '(no overrides)'}")
+            print(f"  {number:>4}  {_shown([o for o in job if o not in common]) or '(no overrides)'}")
     print(f"\n{total} runs")
+
+
+def _shown(overrides: list[str]) -> str:
+    """Overrides as the user wrote them: Hydra's sweeper escapes the braces of an interpolation."""
+    return " ".join(overrides).replace("\\{", "{").replace("\\}", "}")
 
 
 def _quoted(value: str) -> str:

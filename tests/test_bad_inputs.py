@@ -74,7 +74,7 @@ CONFIG_CASES = [
      "asl, balanced_softmax, bce, ce, dfl, focal, hinge, ldam, logit_adjusted, plm"),
     (["model=vgg"], "model=vgg", "resnet32"),
     (["reweight=sqrt"], "reweight=sqrt", "cb, inverse_freq, none"),
-    (["sampler=uniform"], "sampler=uniform", "class_balanced, instance, progressive, square_root"),
+    (["sampler=uniform"], "sampler=uniform", "class_balanced, effective_number, instance, progressive, square_root"),
     (["sampler=class_balanced", "sampler.start_epoch=4"], "sampler.start_epoch=4", "< trainer.epochs (4)"),
     (["experiment=cui2019_table2/nope"], "experiment=cui2019_table2/nope", "cui2019_table2/softmax"),
     (["-m", "dataset.imbalance_factor=10,0.5"], "dataset.imbalance_factor=0.5", ">= 1"),

@@ -167,6 +167,7 @@ WALKS: dict[str, list[Walk]] = {
     "reweight.beta": [floats((*MNIST, "reweight=cb"), 0, 1, open_high=True)],
     "reweight.start_epoch": [ints(MNIST, 0, INT64_MAX)],
     "sampler.start_epoch": [ints((*MNIST, "sampler=class_balanced"), 0, 3)],  # < the quick recipe's 4 epochs
+    "sampler.beta": [floats((*MNIST, "sampler=effective_number"), 0, 1, open_high=True)],
     "stage.taus": [floats((*MNIST, "stage=tau_norm"), 0, F, template="[{}]")],
     # the largest step, lr x gamma^(milestones) / (1 - beta1), is finite in float32 too
     "optimizer.lr": [floats(MNIST, 0, F, open_low=True),

@@ -67,7 +67,8 @@ def listed_runs(stdout: str) -> list[str]:
 def method_of(cfg) -> dict:
     """A composed config's method keys, as imbench-report reads them from a run directory."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    return method_keys({"model": cfg.model.name, "loss": cfg.loss.name, "reweight": cfg.reweight.name}, config)
+    return method_keys({"model": cfg.model.name, "loss": cfg.loss.name, "reweight": cfg.reweight.name,
+                        "sampler": cfg.sampler.name}, config)
 
 
 # ------------------------------------------------------------------ dry runs
@@ -76,7 +77,7 @@ def method_of(cfg) -> dict:
 # the Cui table's dry run is also run, cell by cell, by test_cui_table_covers_every_cell_of_the_published_table
 # the Cao table's dry run is slow too (48 runs); its presets are checked cell by cell by test_cao_row_presets_*
 @pytest.mark.parametrize("table, runs", [pytest.param("cui2019_table2", 72, marks=pytest.mark.slow),
-                                         pytest.param("cao2019_table2", 48, marks=pytest.mark.slow),
+                                         pytest.param("cao2019_table2", 72, marks=pytest.mark.slow),
                                          ("plm_multimnist", 4), ("focal_coco_f2", 6)])
 def test_dry_run_prints_every_run_and_the_count(table, runs, tmp_path, script_in_process):
     code, out, err = script_in_process(table, "--dry-run")
@@ -208,12 +209,14 @@ def test_cui_class_balanced_presets_are_the_papers_best_cell(compose_cfg, datase
 
 
 CAO = load_reference("cao2019_table2")
-CAO_ROWS = {"erm": "ERM", "focal": "Focal", "ldam": "LDAM", "cb_rw": "CB RW", "cb_focal": "CB Focal", "ldam_drw": "LDAM-DRW"}
+CAO_ROWS = {"erm": "ERM", "focal": "Focal", "ldam": "LDAM", "cb_rw": "CB RW", "cb_focal": "CB Focal", "ldam_drw": "LDAM-DRW",
+            "cb_rs": "CB RS", "m_drw": "M-DRW", "hg_drs": "HG-DRS", "ldam_hg_drs": "LDAM-HG-DRS"}
+CIFAR10_ONLY = ("hg_drs", "ldam_hg_drs")  # hinge loss was run on CIFAR-10 only ("-" in the paper)
 
 
 @pytest.mark.parametrize("preset, label", CAO_ROWS.items())
 def test_cao_row_presets_meet_their_published_row(compose_cfg, preset, label):
-    for dataset in CIFAR_DATASETS:
+    for dataset in CIFAR_DATASETS[:1] if preset in CIFAR10_ONLY else CIFAR_DATASETS:
         composed = compose_cfg([f"experiment=cao2019_table2/{preset}", f"dataset={dataset}"])
         for kind in ("exp", "step"):
             for factor in (100, 10):
@@ -221,6 +224,49 @@ def test_cao_row_presets_meet_their_published_row(compose_cfg, preset, label):
                 validate(cfg)
                 found = lookup(CAO, method_of(cfg), dataset, kind, factor)
                 assert found == (published(CAO, label, dataset, kind, factor), label)
+
+
+def test_menon_dry_run_lists_its_four_sweeps(script_in_process):
+    code, out, err = script_in_process("menon2021_table3", "--dry-run", "--out", "somewhere")
+    assert code == 0, err
+    assert out.startswith("menon2021_table3: 4 sweep(s), 8 runs") and len(listed_runs(out)) == 8
+    assert f"stage.init_from={Path('somewhere').resolve()}/erm/${{dataset.name}}_seed${{seed}}" in out
+
+
+def test_the_hinge_rows_have_no_cifar100_cells(compose_cfg):
+    for preset in CIFAR10_ONLY:
+        cfg = compose_cfg([f"experiment=cao2019_table2/{preset}", "dataset=cifar100_lt"])
+        assert lookup(CAO, method_of(cfg), "cifar100_lt", "exp", 100) is None
+
+
+def test_drs_defers_the_resampling_to_the_lr_drop(compose_cfg):
+    for preset in CIFAR10_ONLY:
+        cfg = compose_cfg([f"experiment=cao2019_table2/{preset}"])
+        assert cfg.sampler.name == "effective_number" and cfg.sampler.start_epoch == cfg.scheduler.milestones[0] == 160
+        assert cfg.loss.form == "hinge" and cfg.reweight.name == "none"
+
+
+MENON = load_reference("menon2021_table3")
+GRID = [round(0.1 * i, 1) for i in range(21)]
+
+
+@pytest.mark.parametrize("preset, extra, post_hoc, label", [
+    ("erm", [], False, "ERM"),
+    ("erm", [], True, "Logit adjustment post-hoc (τ = 1)"),
+    ("la_loss", [], False, "Logit adjustment loss (τ = 1)"),
+    ("weight_norm", [], False, "Weight normalisation (τ = 1)"),
+    ("weight_norm", [f"stage.taus={GRID}"], False, "Weight normalisation (τ = τ*)"),
+])
+def test_menon_row_presets_meet_their_published_row(compose_cfg, preset, extra, post_hoc, label):
+    for dataset in CIFAR_DATASETS:
+        cfg = compose_cfg([f"experiment=menon2021_table3/{preset}", f"dataset={dataset}", *extra])
+        validate(cfg)
+        method = method_of(cfg)
+        if post_hoc:
+            assert cfg.metrics.logit_adjust_tau == 1.0
+            method = {**method, "posthoc_tau": cfg.metrics.logit_adjust_tau}
+        assert lookup(MENON, method, dataset, "exp", 100) == (published(MENON, label, dataset, "exp", 100), label)
+        assert cfg.optimizer.weight_decay == 1e-4 and cfg.scheduler.gamma == 0.1  # the paper's Appendix D
 
 
 def test_ldam_drw_defers_the_weights_to_the_lr_drop(compose_cfg):
@@ -284,6 +330,33 @@ def test_a_table_runs_its_sweeps_and_writes_the_report(data_root, tmp_path, monk
     counts = [json.loads((out / name / "sweep.json").read_text())["counts"] for name in ("losses", "mixed")]
     assert [(c["complete"], c["trained"], c["failed"]) for c in counts] == [(2, 0, 0), (1, 0, 1)]
     assert {p: p.read_bytes() for p in out.glob("*/*/metrics.json")} == finished
+
+
+def test_a_later_sweep_starts_a_decoupled_stage_from_an_earlier_sweeps_runs(data_root, tmp_path, monkeypatch,
+                                                                             capfd):
+    """`{out}` in a sweep is the table's folder: the tau-norm sweep scores the classifier of the run of
+    its own seed in the first sweep, which does not exist when the table is planned."""
+    from imbalance_bench import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMBENCH_DATA_ROOT", raising=False)
+    common = [f"dataset.root={data_root}", "dataset.imbalance_factor=10", "dataset.limit_train=100",
+              "dataset.limit_test=50", *SMOKE]
+    out = tmp_path / "table"
+    code = exit_code(reproduce.main, [
+        "--table", "tiny", "--sweep", "first: loss=ce hydra.sweep.subdir=seed${seed}",
+        "--sweep", "second: experiment=decoupled/tau_norm stage.init_from={out}/first/seed${seed} stage.taus=[0,1]",
+        "--out", str(out), "--seeds", "3,5", *common])
+    result = capfd.readouterr()
+    assert code == 0, result.err[-3000:]
+    scored = [json.loads(p.read_text()) for p in (out / "second").glob("*/metrics.json")]
+    for seed in (3, 5):
+        stage1 = out / "first" / f"seed{seed}"
+        [run] = [m for m in scored if m["seed"] == seed]
+        assert run["stage1"]["path"] == str(stage1.resolve())
+        assert run["stage1"]["final"] == json.loads((stage1 / "metrics.json").read_text())["final"]
+    report = (out / "report.md").read_text()
+    assert "| ce |" in report and "| ce → tau_norm |" in report
 
 
 # ------------------------------------------------------------------ the data a table reads, checked once before any run

@@ -11,7 +11,7 @@ from torch.utils.data import RandomSampler
 
 from imbalance_bench.data.images import DeviceLoader, ImageSplit, make_loader
 from imbalance_bench.data.sampling import (
-    ClassBalancedSampler, InstanceSampler, ProgressiveSampler, SquareRootSampler, TrainDraws,
+    ClassBalancedSampler, EffectiveNumberSampler, InstanceSampler, ProgressiveSampler, SquareRootSampler, TrainDraws,
 )
 from imbalance_bench.distributed import World
 
@@ -47,6 +47,8 @@ TARGETS = {
     "class_balanced": (ClassBalancedSampler(), np.full(5, 0.2)),
     "square_root": (SquareRootSampler(), np.sqrt(n) / np.sqrt(n).sum()),
     "progressive_first": (ProgressiveSampler(), n / n.sum()),
+    # n_c (1 - beta) / (1 - beta^n_c), normalised (Cui et al. 2019)
+    "effective_number": (EffectiveNumberSampler(beta=0.99), (lambda w: w / w.sum())(n * 0.01 / (1 - 0.99 ** n))),
 }
 
 

@@ -70,6 +70,24 @@ class SquareRootSampler(InstanceSampler):
         return _normalised(np.sqrt(counts.astype(np.float64)), counts)
 
 
+class EffectiveNumberSampler(InstanceSampler):
+    """p_c proportional to n_c (1 - beta) / (1 - beta^n_c): each image drawn with the inverse of its
+    class's effective number of samples (Cui et al., CVPR 2019), the "CB RS" baseline of Cao et al.
+    2019, Table 2. beta = 0 is instance-balanced in expectation; beta -> 1 is class-balanced."""
+
+    name = "effective_number"
+    resamples = True
+
+    def __init__(self, beta: float, start_epoch: int = 0):
+        super().__init__(start_epoch)
+        self.beta = float(beta)
+
+    def class_probabilities(self, counts, epoch, epochs):
+        n = counts.astype(np.float64)
+        effective = -np.expm1(n * np.log(self.beta)) / (1.0 - self.beta) if self.beta > 0 else np.ones_like(n)
+        return _normalised(n / np.where(n > 0, effective, 1.0), counts)
+
+
 class ProgressiveSampler(InstanceSampler):
     """p_c(t) = (1 - t/T) n_c / N + (t/T) / C' (Kang et al., ICLR 2020, eq. 2: instance-balanced at
     the start, moving linearly toward class-balanced), with t the 0-based epoch and T = trainer.epochs,

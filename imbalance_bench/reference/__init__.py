@@ -12,8 +12,10 @@ Schema of `<name>.yaml`:
 
 Match keys (all must equal the run's, numbers compared to 1e-9): `model`, `loss`, `reweight`,
 `sampler`, `drw` (reweight.start_epoch > 0), `drs` (sampler.start_epoch > 0), and `loss.<key>` /
-`reweight.<key>` / `sampler.<key>` for any config value. A row that names no `sampler` is of
-instance-sampled runs (`sampler: instance`), as every paper's table is unless its row says otherwise.
+`reweight.<key>` / `sampler.<key>` / `stage.<key>` for any config value, `stage` (a decoupled
+second stage) and `posthoc_tau` (the rows of post-hoc logit adjustment). A row that does not name
+them is of instance-sampled, single-stage runs scored on their raw logits (ROW_DEFAULTS), as every
+paper's table is unless its row says otherwise.
 Only numbers checked against the cited source go into these files.
 """
 
@@ -29,7 +31,8 @@ import yaml
 from imbalance_bench.errors import ImbenchError
 
 REQUIRED_KEYS = ("name", "tag", "metric", "source", "rows")
-ROW_DEFAULTS = {"sampler": "instance"}  # what a row's `match` means when it does not say
+#: what a row's `match` means when it does not say: instance sampling, one stage, raw scores
+ROW_DEFAULTS = {"sampler": "instance", "stage": "none", "posthoc_tau": None}
 
 
 def reference_names() -> list[str]:
