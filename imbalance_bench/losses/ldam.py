@@ -11,12 +11,12 @@ from imbalance_bench.losses.base import ClassificationLoss
 from imbalance_bench.losses.hinge import multiclass_hinge_loss
 from imbalance_bench.losses.softmax_ce import softmax_cross_entropy
 
-#: LDAM's two forms: the cross-entropy with margins (eq. 13) and the hinge (LDAM-HG, eq. 10)
+#: LDAM's two forms: the cross-entropy with margins (eq. 12) and the hinge (LDAM-HG, eq. 10)
 FORMS = ("ce", "hinge")
 
 
 def ldam_margins(class_counts: Sequence[int], max_margin: float, uniform: bool = False) -> torch.Tensor:
-    """Delta_j = C / n_j^(1/4), C chosen so that max_j Delta_j = max_margin (Cao et al. 2019, eq. 12);
+    """Delta_j = C / n_j^(1/4), C chosen so that max_j Delta_j = max_margin (Cao et al. 2019, eq. 11 and 13);
     with `uniform`, Delta_j = max_margin for every class (the margin without its label-distribution
     part: M-DRW in Cao et al.'s ablation, Table 2).
 
@@ -42,7 +42,7 @@ def ldam_loss(
     class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L = (1/N) sum_i w_{y_i} * CE(s * (z_i - Delta_{y_i} e_{y_i}), y_i): the true-class logit
-    loses its margin, then every logit is multiplied by s (Cao et al. 2019, eq. 13)."""
+    loses its margin, then every logit is multiplied by s (Cao et al. 2019, eq. 12; s from their code)."""
     logits = logits.float()
     targets = targets.long()
     shifted = logits - F.one_hot(targets, logits.shape[1]).to(logits.dtype) * margins[targets][:, None]
@@ -64,8 +64,7 @@ class LDAMLoss(ClassificationLoss):
     max(max_{j != y} z_j - z_y + Delta_y, 0), with the same margins and head. Eq. 10 has no
     scale, so `scale` is not used there (on a hinge it would only multiply the loss). With
     `uniform_margin=True` it is the paper's HG (a margin independent of the class). Table 2's
-    HG-DRS and LDAM-HG-DRS defer re-sampling, which this runner does not do; deferred re-weighting
-    (reweight.start_epoch) is the counterpart, which the paper finds performs alike (Table 5).
+    HG-DRS and LDAM-HG-DRS add re-sampling deferred to the lr drop (sampler.start_epoch, DRS).
 
     Class weights: per-sample w_{y_i}, mean over samples, as this project's softmax CE does
     (Cui et al. 2019). The reference code (kaidic/LDAM-DRW) passes them to torch's
