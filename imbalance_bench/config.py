@@ -362,10 +362,17 @@ class PartialLabelMaskingSchema(PlainLossSchema):
 
 
 @dataclass
-class ReweightSchema:
+class DeferredSchema:
+    """An option that starts at epoch `start_epoch` (0-based): re-weighting (DRW) and re-sampling (DRS)."""
+
     _target_: str = MISSING
     name: str = MISSING
     start_epoch: int = integer(0)
+
+
+@dataclass
+class ReweightSchema(DeferredSchema):
+    pass
 
 
 @dataclass
@@ -374,11 +381,7 @@ class ClassBalancedSchema(ReweightSchema):
 
 
 @dataclass
-class SamplerSchema:
-    _target_: str = MISSING
-    name: str = MISSING
-    start_epoch: int = integer(0)
-
+class SamplerSchema(DeferredSchema):
     @staticmethod
     def cross_check(node: dict, root: dict, prefix: str) -> None:
         epochs = root["trainer"]["epochs"]

@@ -94,8 +94,10 @@ RECIPES = {
     "multimnist": (30, 128, "SGD", 0.1, "warmup_cosine", 1, None),
     "coco": (20, 32, "AdamW", 1e-4, "warmup_cosine", 1, None),
 }
-# not a recipe option: what decoupled/crt and decoupled/lws make of quick's (Kang et al. 2020: 10 epochs, cosine)
-STAGE2 = {"stage2": (10, 128, "SGD", 0.1, "warmup_cosine", 0, None)}
+# not recipe options: what decoupled/crt and decoupled/lws make of quick's (Kang et al. 2020: 10 epochs,
+# cosine), and Menon et al.'s CIFAR-LT recipe (lr x0.1, not x0.01, at 160 and 180)
+PRESET_SCHEDULES = {"stage2": (10, 128, "SGD", 0.1, "warmup_cosine", 0, None),
+                    "menon": (200, 128, "SGD", 0.1, "warmup_multistep", 5, ([160, 180], 0.1))}
 DATASET_RECIPES = {"mnist_lt": "quick", "cifar10_lt": "cifar_lt", "cifar100_lt": "cifar_lt",
                    "multimnist": "multimnist", "coco": "coco"}
 
@@ -106,7 +108,7 @@ def recipe_of(cfg: DictConfig) -> str:
     steps = (list(cfg.scheduler.milestones), cfg.scheduler.gamma) if "milestones" in cfg.scheduler else None
     values = (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer._target_.rpartition(".")[2], cfg.optimizer.lr,
               scheduler, cfg.scheduler.warmup_epochs, steps)
-    return next((name for name, recipe in {**RECIPES, **STAGE2}.items() if recipe == values), str(values))
+    return next((name for name, recipe in {**RECIPES, **PRESET_SCHEDULES}.items() if recipe == values), str(values))
 
 
 def test_every_dataset_and_recipe_is_listed():
@@ -174,6 +176,13 @@ cao2019_table2/ldam                    cifar10_lt  100 resnet32 ldam            
 cao2019_table2/cb_rw                   cifar10_lt  100 resnet32 ce               cb(0.9999)      cifar_lt
 cao2019_table2/cb_focal                cifar10_lt  100 resnet32 focal(1,softmax) cb(0.9999)      cifar_lt
 cao2019_table2/ldam_drw                cifar10_lt  100 resnet32 ldam             cb(0.9999,start=160) cifar_lt
+cao2019_table2/cb_rs                   cifar10_lt  100 resnet32 ce               none            cifar_lt
+cao2019_table2/m_drw                   cifar10_lt  100 resnet32 ldam             cb(0.9999,start=160) cifar_lt
+cao2019_table2/hg_drs                  cifar10_lt  100 resnet32 ldam             none            cifar_lt
+cao2019_table2/ldam_hg_drs             cifar10_lt  100 resnet32 ldam             none            cifar_lt
+menon2021_table3/erm                   cifar10_lt  100 resnet32 ce               none            menon
+menon2021_table3/la_loss               cifar10_lt  100 resnet32 logit_adjusted   none            menon
+menon2021_table3/weight_norm           cifar10_lt  100 resnet32 ce               none            menon
 decoupled/crt                          mnist_lt    100 resnet32 ce               none            stage2
 decoupled/lws                          mnist_lt    100 resnet32 ce               none            stage2
 decoupled/tau_norm                     mnist_lt    100 resnet32 ce               none            quick
