@@ -11,7 +11,9 @@ import torch
 
 from conftest import imbench_main
 from test_bad_inputs import interrupted_run
+from imbalance_bench.cli import preflight
 from imbalance_bench.decoupled import TauNormalization
+from imbalance_bench.errors import ConfigError
 from imbalance_bench.models import resnet32
 from imbalance_bench.train import run
 
@@ -53,6 +55,9 @@ def test_crt_retrains_a_fresh_classifier_on_frozen_features(compose_cfg, data_ro
                                  "config_sha256": hashlib.sha256(config.encode()).hexdigest()}
     assert metrics["sampler"] == "class_balanced" and metrics["config"]["stage"]["name"] == "crt"
     assert metrics["epochs_completed"] == 2
+    # a stage-2 run is not a stage 1: refused before any data, naming the key
+    with pytest.raises(ConfigError, match=r"^stage.init_from=.* is not allowed: it is a stage-2 run itself"):
+        preflight(["experiment=decoupled/lws", f"stage.init_from={tmp_path}", *SMALL, f"dataset.root={data_root}"])
 
 
 def test_lws_learns_only_a_scale_per_class(compose_cfg, data_root, stage1, tmp_path):
