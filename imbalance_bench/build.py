@@ -45,7 +45,7 @@ class RunContext:
     switches: Switches
     run_dir: Path
     world: World
-    stage: Any = None  # decoupled.JointTraining or a second stage (conf/stage/)
+    stage: Any  # decoupled.JointTraining, or a second stage (conf/stage/)
 
 
 def seed_everything(seed: int) -> None:

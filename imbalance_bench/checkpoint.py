@@ -119,19 +119,23 @@ def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
 OLD_LAYOUT_GLOBALS = [*((obj, name) for name, obj in NUMPY_ARRAY_GLOBALS.items()), type(np.dtype(np.uint32))]
 
 
-def load_checkpoint(path: Path, resolved_config: dict[str, Any]) -> dict[str, Any]:
-    """Read a checkpoint with torch's weights-only loader, which builds tensors and plain values
-    only (never calls what a crafted file names), and check that this run's (resolved) config wrote it."""
+def read_checkpoint(path: Path, remedy: str = "delete it or set trainer.resume=false") -> Any:
+    """A checkpoint file read with torch's weights-only loader, which builds tensors and plain values
+    only (never calls what a crafted file names); a refused or unreadable file is one line ending
+    in `remedy`."""
     try:
         with torch.serialization.safe_globals(OLD_LAYOUT_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # the weights-only loader met something it does not build
         raise DataError(f"{path}: refused: it holds objects other than tensors and plain values"
-                        f"{refused_globals(path)}, and loading those could run code; "
-                        "delete it or set trainer.resume=false") from None
+                        f"{refused_globals(path)}, and loading those could run code; {remedy}") from None
     except Exception as exc:  # truncated or not a checkpoint at all
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                        "delete it or set trainer.resume=false") from None
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); {remedy}") from None
+
+
+def load_checkpoint(path: Path, resolved_config: dict[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint (`read_checkpoint`) and check that this run's (resolved) config wrote it."""
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or "rng" not in checkpoint or "history" not in checkpoint:
         raise DataError(f"{path}: not an imbench checkpoint that can be resumed; delete it or set trainer.resume=false")
     differing = config_differences(checkpoint["config"], resolved_config)

@@ -387,7 +387,7 @@ class SamplerSchema(DeferredSchema):
         epochs = root["trainer"]["epochs"]
         if node["start_epoch"] >= epochs:
             raise ConfigError(f"sampler.start_epoch={node['start_epoch']} is not allowed: must be < trainer.epochs "
-                              f"({epochs}), or re-sampling never starts")
+                              f"({epochs}), the epoch (0-based) re-sampling starts at")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imbalance_bench.checkpoint import config_differences, shown_keys
+from imbalance_bench.checkpoint import config_differences, read_checkpoint, shown_keys
 from imbalance_bench.errors import ConfigError, DataError
 from imbalance_bench.models import classifier_of
 from imbalance_bench.models.heads import ScaledClassifier, replace_classifier
@@ -45,7 +45,7 @@ class JointTraining:
     trains = True  # whether the stage runs the training loop (tau_norm only scores)
 
     def __init__(self, init_from: str | None = None):
-        self.init_from = init_from
+        self.init_from = None if init_from is None else str(Path(str(init_from)).expanduser())
 
     def prepare(self, model: torch.nn.Module) -> None:
         """Turn a freshly built model into this stage's starting point."""
@@ -64,6 +64,7 @@ class DecoupledStage(JointTraining):
     keeps_classifier = True  # load stage 1's classifier too (cRT starts a fresh one)
 
     def prepare(self, model):
+        self.stage1 = stage1_record(Path(self.init_from))  # read now: the run's end does not depend on it
         weights = stage1_weights(Path(self.init_from))
         head = classifier_of(model)
         prefix = next(name for name, module in model.named_modules() if module is head)
@@ -87,11 +88,7 @@ class DecoupledStage(JointTraining):
         model.eval()  # frozen features: BatchNorm normalises with stage 1's statistics
 
     def record(self):
-        path = Path(self.init_from)
-        metrics = json.loads((path / "metrics.json").read_text())
-        config = json.dumps(metrics["config"], sort_keys=True, separators=(",", ":"))
-        return {"path": str(path.resolve()), "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
-                "final": metrics["final"]}
+        return self.stage1
 
 
 class ClassifierRetraining(DecoupledStage):
@@ -147,12 +144,20 @@ class TauNormalization(DecoupledStage):
 def stage1_weights(path: Path) -> dict[str, torch.Tensor]:
     """The model weights of stage 1's last checkpoint (weights-only load: data, never code)."""
     file = path / "checkpoints" / "last.pt"
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-        return checkpoint["model"]
-    except Exception as exc:
-        raise DataError(f"{file}: not a readable checkpoint ({type(exc).__name__}); stage.init_from needs the "
-                        "run directory of a finished run") from None
+    checkpoint = read_checkpoint(file, "stage.init_from needs the run directory of a finished run")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise DataError(f"{file}: holds no model weights; stage.init_from needs the run directory of a finished run")
+    return checkpoint["model"]
+
+
+def stage1_record(path: Path) -> dict[str, Any]:
+    """What a stage-2 run records of its stage 1: where it is, its config's SHA-256, its method
+    (which the report keeps apart: cRT of an ERM run is not cRT of a focal run) and final metrics."""
+    metrics = json.loads((path / "metrics.json").read_text())
+    config = json.dumps(metrics["config"], sort_keys=True, separators=(",", ":"))
+    method = {key: metrics.get(key) for key in ("loss", "reweight", "sampler")}
+    return {"path": str(path.resolve()), "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+            "method": method, "final": metrics["final"]}
 
 
 def check_stage(cfg: DictConfig, label_kind: str) -> None:
@@ -167,6 +172,9 @@ def check_stage(cfg: DictConfig, label_kind: str) -> None:
     if init_from is None:
         raise ConfigError(f"stage.init_from=null is not allowed with stage={stage}: set it to the run directory "
                           "of a finished stage-1 run")
+    if stage == "tau_norm" and cfg.loss.get("normalized_classifier"):
+        raise ConfigError(f"stage=tau_norm is not allowed with loss={cfg.loss.name} (loss.normalized_classifier=true): "
+                          "a cosine classifier normalises its rows at every step, so every tau would score alike")
     path = Path(str(init_from)).expanduser()
     key = f"stage.init_from={init_from}"
     if not path.is_dir():

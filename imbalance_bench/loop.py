@@ -137,6 +137,8 @@ def sweep_tau(run: RunContext, state: TrainState, precision: Precision) -> dict[
     record names the best tau by the monitor, whose record is both `final` and `best`."""
     cfg, stage, history = run.cfg, run.stage, state.history
     _, test_loader = build_loaders(cfg, run.data, run.device, run.switches, state.generators.shuffle, run.world)
+    if run.world.is_main:  # a run stopped while scoring starts over: its rows are written again
+        (run.run_dir / "tau_sweep.csv").unlink(missing_ok=True)
     for number, tau in enumerate(stage.taus, start=1):
         started = time.perf_counter()
         with stage.normalized(state.model, tau):

@@ -203,6 +203,10 @@ def method_keys(metrics: dict, config: dict) -> dict:
             keys[key] = value
     keys["drw"] = (keys.get("reweight.start_epoch") or 0) > 0 and keys["reweight"] != "none"
     keys["drs"] = (keys.get("sampler.start_epoch") or 0) > 0 and keys["sampler"] != "instance"
+    stage1 = (metrics.get("stage1") or {}).get("method")
+    if isinstance(stage1, dict):  # a decoupled stage: the method of the run it started from
+        keys["stage1"] = " + ".join(str(stage1[k]) for k in ("loss", "reweight", "sampler")
+                                    if stage1.get(k) not in (None, "none", "instance"))
     return keys
 
 
@@ -232,16 +236,25 @@ def malformed_metrics(metrics: dict) -> str | None:
     for key in ("config",):
         if key in metrics and not isinstance(metrics[key], dict):
             return f"{key} is not an object"
-    for record_key in ("final", "best"):
-        record = metrics.get(record_key)
-        if record is None:
-            continue
+    def malformed_record(name: str, record) -> str | None:
         if not isinstance(record, dict):
-            return f"{record_key} is {record!r}, not an object"
+            return f"{name} is {record!r}, not an object"
         for key, value in record.items():
+            if key == "logit_adjusted":  # the same metrics, post-hoc adjusted
+                problem = malformed_record(f"{name}.{key}", value)
+                if problem is not None:
+                    return problem
+                continue
             values = value if isinstance(value, list) else [value]
             if key != "loss_state" and not all(number(v) for v in values):
-                return f"{record_key}.{key} is {value!r}, not a number"
+                return f"{name}.{key} is {value!r}, not a number"
+        return None
+
+    for record_key in ("final", "best"):
+        if metrics.get(record_key) is not None:
+            problem = malformed_record(record_key, metrics[record_key])
+            if problem is not None:
+                return problem
     return None
 
 
@@ -418,7 +431,7 @@ def method_labels(methods: list[dict]) -> list[str]:
             if m.get("drs"):
                 text += f" DRS@{m['sampler.start_epoch']}"
         if m.get("stage") not in (None, "none"):
-            text += f" → {m['stage']}" + params(m, "stage")
+            text += f" → {m['stage']}" + params(m, "stage") + (f" (of {m['stage1']})" if m.get("stage1") else "")
         if m.get("posthoc_tau") is not None:
             text += f" + post-hoc LA τ={_value(m['posthoc_tau'])}"
         if several_models:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -126,6 +127,17 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str], out: Path | N
         finally:
             GlobalHydra.instance().clear()
     return sweeps
+
+
+def with_out(sweeps: list[str], out: Path) -> list[str]:
+    """The sweeps with `{out}` as the table's folder, as given (the runs start where this does), so
+    that a later sweep can start a decoupled stage from an earlier one's runs. The folder goes into
+    an override value, so it must not hold what the override grammar reads (spaces, commas, quotes,
+    brackets, `=`)."""
+    if any("{out}" in sweep for sweep in sweeps) and re.search(r"[\s,'\"\[\]{}()=:]", str(out)):
+        raise ConfigError(f"--out {out}: this table's sweeps name the folder in an override ({{out}}); use a folder "
+                          "name without spaces, commas, quotes, brackets, '=' or ':'")
+    return [sweep.replace("{out}", str(out)) for sweep in sweeps]
 
 
 def trained_earlier(cfg, out: Path | None, earlier: list[str]) -> str | None:
@@ -251,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else Path("multirun") / args.table / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
         metric_choices(args.metric)
-        # `{out}` in a sweep is the table's folder: a later sweep can start from an earlier one's runs
-        texts = [s.replace("{out}", str(out.resolve())) for s in args.sweep]
+        texts = with_out(args.sweep, out)
         sweeps = plan([parse_sweep(s) for s in texts], parse_seeds(args.seeds), args.overrides, out)
         missing, notes = check_data(sweeps)
         if not args.dry_run:

@@ -52,7 +52,8 @@ def test_crt_retrains_a_fresh_classifier_on_frozen_features(compose_cfg, data_ro
     stage1_metrics = json.loads((stage1 / "metrics.json").read_text())
     config = json.dumps(stage1_metrics["config"], sort_keys=True, separators=(",", ":"))
     assert metrics["stage1"] == {"path": str(stage1.resolve()), "final": stage1_metrics["final"],
-                                 "config_sha256": hashlib.sha256(config.encode()).hexdigest()}
+                                 "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+                                 "method": {"loss": "ce", "reweight": "none", "sampler": "instance"}}
     assert metrics["sampler"] == "class_balanced" and metrics["config"]["stage"]["name"] == "crt"
     assert metrics["epochs_completed"] == 2
     # a stage-2 run is not a stage 1: refused before any data, naming the key

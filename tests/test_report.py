@@ -427,7 +427,7 @@ def test_write_report_refuses_a_bad_metric_among_several(tmp_path):
     write_run(tmp_path / "r")
     with pytest.raises(ImbenchError) as exc:
         write_report([tmp_path], tmp_path, "last", ["map", "nope", "auto"], [])
-    assert str(exc.value) == "--metric nope: choose auto, top1_error, top1, mean_f2, map"
+    assert str(exc.value) == "--metric nope: choose auto, top1_error, top1, many_shot_top1, medium_shot_top1, few_shot_top1, mean_f2, map"
     assert not (tmp_path / "report.md").exists()
 
 
@@ -436,10 +436,10 @@ def test_write_report_refuses_a_bad_metric_among_several(tmp_path):
     [
         (["{missing}"], "{missing}: no such file or directory"),
         (["{empty}"], "no run directories (with metrics.json) under {empty}"),
-        (["{root}", "--reference", "nope"], "--reference nope: unknown table; choose one of: cao2019_table2, cui2019_table2"),
+        (["{root}", "--reference", "nope"], "--reference nope: unknown table; choose one of: cao2019_table2, cui2019_table2, menon2021_table3"),
         (["{root}", "--epoch", "first"], "argument --epoch: invalid choice: 'first' (choose from 'last', 'best')"),
         (["{root}", "--metric", "map", "--metric", "nope"],
-         "argument --metric: invalid choice: 'nope' (choose from 'auto', 'top1_error', 'top1', 'mean_f2', 'map')"),
+         "argument --metric: invalid choice: 'nope' (choose from 'auto', 'top1_error', 'top1', 'many_shot_top1', 'medium_shot_top1', 'few_shot_top1', 'mean_f2', 'map')"),
         (["{diverged}"], "no completed runs to report under {diverged} (1 skipped; {diverged}/x: status 'diverged', not 'completed')"),
     ],
 )
@@ -602,3 +602,66 @@ def test_a_damaged_sweep_json_is_one_warning_naming_it(tmp_path, capsys, damage,
     md = (tmp_path / "report.md").read_text()
     assert f"| `{tmp_path / '1'}` | no metrics.json (still running, crashed or interrupted) |" in md
     assert section(md, "Warnings").strip() == f"- {warning}"
+
+
+def edit_metrics(path: Path, **changes) -> None:
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics.update(changes)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_post_hoc_logit_adjustment_is_a_row_of_its_own_for_the_last_and_the_best_epoch(tmp_path):
+    """A run scored post hoc (metrics.logit_adjust_tau) gives two rows: its raw scores and its
+    adjusted ones, each averaged over the seeds; the raw row is the one the ERM reference matches."""
+    for seed, (raw, adjusted, best_adjusted) in enumerate([(0.70, 0.76, 0.78), (0.72, 0.80, 0.82)]):
+        path = write_run(tmp_path / f"s{seed}", seed=seed, top1=raw)
+        metrics = json.loads((path / "metrics.json").read_text())
+        edit_metrics(path, final={**metrics["final"], "logit_adjusted": {"tau": 1.0, "top1": adjusted}},
+                     best={**metrics["best"], "logit_adjusted": {"tau": 1.0, "top1": best_adjusted}})
+    for epoch, adjusted_mean in (("last", 100 * (1 - 0.78)), ("best", 100 * (1 - 0.80))):
+        result = report.write_report([tmp_path], tmp_path / f"out_{epoch}", epoch, "top1_error", [])
+        rows = {r["method"]: r for r in read_csv(tmp_path / f"out_{epoch}" / "report.csv")}
+        assert set(rows) == {"ce", "ce + post-hoc LA τ=1"}, rows
+        assert float(rows["ce + post-hoc LA τ=1"]["mean"]) == pytest.approx(adjusted_mean)
+        assert rows["ce + post-hoc LA τ=1"]["n"] == "2" and rows["ce"]["n"] == "2"
+        assert result.files
+    raw = report.read_run(tmp_path / "s0")
+    [adjusted] = report.post_hoc_adjusted(raw)
+    cao = load_reference("cao2019_table2")
+    assert lookup(cao, raw.method, "cifar10_lt", "exp", 100) == (29.64, "ERM")
+    assert lookup(cao, adjusted.method, "cifar10_lt", "exp", 100) is None
+
+
+def test_stage_2_runs_group_by_seed_but_not_across_stage_1_methods(tmp_path):
+    """cRT runs of different seeds (each from its own seed's stage 1) share a row; cRT of another
+    stage-1 method is a row of its own, named after it."""
+    def crt(name, seed, stage1_loss):
+        path = write_run(tmp_path / name, seed=seed)
+        config = yaml.safe_load((path / ".hydra" / "config.yaml").read_text())
+        config["stage"] = {"name": "crt", "_target_": "imbalance_bench.decoupled.ClassifierRetraining",
+                           "init_from": f"stage1/{stage1_loss}/seed{seed}"}
+        config["sampler"] = {"name": "class_balanced", "start_epoch": 0}
+        edit_metrics(path, config=config, sampler="class_balanced",
+                     stage1={"path": config["stage"]["init_from"], "config_sha256": "0" * 64, "final": {},
+                             "method": {"loss": stage1_loss, "reweight": "none", "sampler": "instance"}})
+
+    crt("a", 0, "ce"), crt("b", 1, "ce"), crt("c", 0, "focal")
+    report.write_report([tmp_path], tmp_path / "out", "last", "top1_error", [])
+    rows = {r["method"]: r["n"] for r in read_csv(tmp_path / "out" / "report.csv")}
+    assert rows == {"ce + class_balanced sampling → crt (of ce)": "2",
+                    "ce + class_balanced sampling → crt (of focal)": "1"}
+
+
+def test_an_ldam_run_written_before_loss_form_still_matches_the_ldam_rows(tmp_path):
+    """Runs from before loss.form and loss.uniform_margin existed were LDAM's cross-entropy form with
+    margins per class: their method is read with those values, so the LDAM row (and not M-DRW's
+    or LDAM-HG's) matches them."""
+    old = loss_cfg("ldam", max_margin=0.5, scale=30.0, normalized_classifier=True)
+    run = report.read_run(write_run(tmp_path / "old", loss=old))
+    assert run.method["loss.form"] == "ce" and run.method["loss.uniform_margin"] is False
+    cao = load_reference("cao2019_table2")
+    assert lookup(cao, run.method, "cifar10_lt", "exp", 100) == (26.65, "LDAM")
+    new = report.read_run(write_run(tmp_path / "m_drw", loss={**old, "uniform_margin": True, "form": "ce"}))
+    assert lookup(cao, new.method, "cifar10_lt", "exp", 100) is None  # M-DRW needs DRW
+    ce = report.read_run(write_run(tmp_path / "ce"))
+    assert "loss.form" not in ce.method  # a key of one option is filled for that option only

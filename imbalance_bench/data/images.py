@@ -312,8 +312,9 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Call before each epoch's pass: draws its order."""
-        self.order.draw(epoch)
+        """Call before each epoch's pass: draws its order (when shuffling)."""
+        if self.order is not None:
+            self.order.draw(epoch)
 
     def __iter__(self):
         n = len(self.images)
