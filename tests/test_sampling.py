@@ -85,7 +85,9 @@ def test_deferred_resampling_draws_instances_before_its_start_epoch():
 
 def test_instance_draws_the_orders_every_earlier_run_trained_on():
     """The default sampler is RandomSampler's permutation per epoch from the shuffle generator:
-    the order the train loader drew before samplers existed, so existing results do not move."""
+    the orders the DataLoader path drew before samplers existed (every CPU run), so those results do
+    not move. (The on-device loader drew one permutation per epoch instead; it now draws these, the
+    same from the second epoch on as the DataLoader path, where before only the first epoch agreed.)"""
     split = labelled_split()
     draws = TrainDraws(InstanceSampler(), split, 3, torch.Generator().manual_seed(0))
     reference = RandomSampler(split, generator=torch.Generator().manual_seed(0))
