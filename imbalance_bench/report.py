@@ -585,9 +585,10 @@ def build_tables(runs: list[Run], epoch: str = "last", metric: str | list[str] |
     return tables, skipped
 
 
-def reported_runs(tables: list[Table]) -> dict[int, Run]:
-    """The runs in any table, once each (a run is in every table of a metric it records)."""
-    return {id(r): r for t in tables for c in t.cells.values() for r in c.runs}
+def reported_runs(tables: list[Table]) -> dict[Path, Run]:
+    """The run directories in any table, once each (a run is in every table of a metric it records,
+    and a run scored post hoc is in two rows)."""
+    return {r.path: r for t in tables for c in t.cells.values() for r in c.runs}
 
 
 def skip_counts(tables: list[Table], skipped: list[Skipped]) -> tuple[int, int]:

@@ -7,7 +7,7 @@
 # al. 2021) of the instance runs. 6 trained runs, a cRT and a tau-norm run per seed. Reported by
 # top-1 error and many-, medium- and few-shot accuracy, with the shot groups cut for MNIST-LT's counts
 # (5421 down to 54 train images): many > 1000, few < 200. See docs/REPRODUCING.md; the results of
-# seeds 0, 1 and 2 are in docs/results/mnist_lt_baselines/.
+# seeds 0, 1 and 2 are in docs/results/mnist_lt_baselines/ (REPRODUCING.md reads them).
 #
 #   scripts/reproduce_mnist_lt_baselines.sh [--dry-run] [--seeds 0,1,2] [--out DIR [--resume]] [OVERRIDE ...]
 set -euo pipefail
