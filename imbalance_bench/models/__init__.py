@@ -7,7 +7,7 @@ from typing import Callable
 import torch.nn as nn
 
 from imbalance_bench.errors import ImbenchError
-from imbalance_bench.models.heads import NormedLinear, ScaledClassifier, replace_classifier, use_normed_classifier
+from imbalance_bench.models.heads import NormedLinear, ScaledClassifier, use_normed_classifier
 from imbalance_bench.models.resnet_cifar import resnet32
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {"resnet32": resnet32}
