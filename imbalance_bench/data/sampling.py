@@ -1,7 +1,8 @@
 """Which train images each epoch draws (conf/sampler/): re-sampling for long-tailed data.
 
 `instance` is a random permutation of the train split per epoch, drawn as torch's RandomSampler
-draws it (every run before re-sampling existed trained on exactly these orders). The others draw,
+draws it (every run of the DataLoader path before re-sampling existed trained on exactly these
+orders; the on-device loader now draws them too). The others draw,
 with replacement and as many times as the split has images, a class c with probability p_c and
 then an image uniformly among those of class c (among those holding c when multi-label: the
 class-aware sampling of Shen et al., ECCV 2016, which Wu et al., ECCV 2020, use for COCO-MLT).
