@@ -145,24 +145,27 @@ def build_loaders(
     trainer = cfg.trainer
     draws = TrainDraws(build_target(cfg.sampler, "sampler"), data.train, trainer.epochs, shuffle_gen, data.class_names)
     if switches.decode_on_device:
-        for split in (data.train, data.test):
-            split.decode_on(device)  # workers read bytes; batch_to_device decodes (COCO)
+        data.train.decode_on(device)  # workers read bytes; batch_to_device decodes (COCO)
+    if switches.data_on_device:
+        train = DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, world=world, draws=draws)
+    else:
+        train = make_loader(data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
+                            pin_memory=device.type == "cuda", world=world, seed=cfg.seed, draws=draws)
+    return train, build_test_loader(cfg, data, device, switches, world)
+
+def build_test_loader(cfg, data: DataBundle, device: torch.device, switches: Switches, world: World):
+    """The test batches (this process's block of the split in a DDP run), as `build_loaders` makes them."""
+    trainer = cfg.trainer
+    if switches.decode_on_device:
+        data.test.decode_on(device)
     test = data.test
     if world.distributed:
         rows = world.rows(len(test))
         test = split_part(test, rows.start, rows.stop)
     if switches.data_on_device:
-        return (
-            DeviceLoader(data.train, trainer.batch_size, shuffle=True, device=device, world=world, draws=draws),
-            DeviceLoader(test, trainer.eval_batch_size, shuffle=False, device=device),
-        )
-    pin = device.type == "cuda"
-    return (
-        make_loader(data.train, trainer.batch_size, shuffle=True, num_workers=trainer.num_workers,
-                    pin_memory=pin, world=world, seed=cfg.seed, draws=draws),
-        make_loader(test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
-                    pin_memory=pin),
-    )
+        return DeviceLoader(test, trainer.eval_batch_size, shuffle=False, device=device)
+    return make_loader(test, trainer.eval_batch_size, shuffle=False, num_workers=trainer.num_workers,
+                       pin_memory=device.type == "cuda")
 
 def wrap_for_ddp(model, criterion, precision: Precision, device: torch.device):
     """DistributedDataParallel around the model and its loss (step.ModelWithLoss). Buffers are not

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from imbalance_bench.build import RunContext, build_loaders, wrap_for_ddp
+from imbalance_bench.build import RunContext, build_loaders, build_test_loader, wrap_for_ddp
 from imbalance_bench.checkpoint import EpochPosition, TrainState
 from imbalance_bench.data import DataBundle
 from imbalance_bench.data.jpeg_batch import batch_to_device
@@ -136,7 +136,7 @@ def sweep_tau(run: RunContext, state: TrainState, precision: Precision) -> dict[
     (decoupled.TauNormalization, Kang et al. 2020), one row each in tau_sweep.csv; the metrics.json
     record names the best tau by the monitor, whose record is both `final` and `best`."""
     cfg, stage, history = run.cfg, run.stage, state.history
-    _, test_loader = build_loaders(cfg, run.data, run.device, run.switches, state.generators.shuffle, run.world)
+    test_loader = build_test_loader(cfg, run.data, run.device, run.switches, run.world)  # nothing is trained
     if run.world.is_main:  # a run stopped while scoring starts over: its rows are written again
         (run.run_dir / "tau_sweep.csv").unlink(missing_ok=True)
     for number, tau in enumerate(stage.taus, start=1):

@@ -120,7 +120,7 @@ def plan(sweeps: list[Sweep], seeds: str | None, extra: list[str], out: Path | N
             sweep.jobs = preflight(["-m", *sweep.overrides], configs, check_stages=False)
             sweep.datasets = [OmegaConf.to_container(cfg.dataset, resolve=True) for cfg in configs]
             for cfg in configs:
-                if trained_earlier(cfg, out, names[:number]) is None:
+                if not trained_earlier(cfg, out, names[:number]):
                     check_stage_of(cfg)
         except ConfigError as exc:
             raise ConfigError(f"sweep {sweep.name}: {exc}") from None
@@ -140,17 +140,16 @@ def with_out(sweeps: list[str], out: Path) -> list[str]:
     return [sweep.replace("{out}", str(out)) for sweep in sweeps]
 
 
-def trained_earlier(cfg, out: Path | None, earlier: list[str]) -> str | None:
-    """The earlier sweep of the table whose run a decoupled stage starts from (`stage.init_from`
-    under out/<sweep>/), or None."""
+def trained_earlier(cfg, out: Path | None, earlier: list[str]) -> bool:
+    """Whether a decoupled stage starts from a run of an earlier sweep of the table (`stage.init_from`
+    under out/<sweep>/ for one of the `earlier` sweeps)."""
     init_from = cfg.stage.get("init_from")
     if init_from is None or out is None:
-        return None
+        return False
     try:
-        sweep = Path(str(init_from)).resolve().relative_to(out.resolve()).parts[0]
+        return Path(str(init_from)).resolve().relative_to(out.resolve()).parts[0] in earlier
     except (ValueError, IndexError):
-        return None
-    return sweep if sweep in earlier else None
+        return False
 
 
 def check_data(sweeps: list[Sweep]) -> tuple[str | None, list[str]]:

@@ -109,23 +109,20 @@ def train_and_write(cfg: DictConfig, run_dir: Path, resolved_config: dict[str, A
     run = RunContext(cfg, resolved_config, data, device, switches, run_dir, world, stage)
     state = TrainState(model, optimizer, scheduler, precision.scaler, criterion, Generators.seeded(cfg.seed, device),
                        History(monitor=resolve_monitor(cfg.trainer.monitor, data.label_kind)))
-    if not stage.trains:  # tau-normalisation: every tau scored, nothing trained
+    if stage.trains:
+        try:
+            fit(run, state, precision, reweighting, checkpoint)
+        except TrainingDiverged as exc:
+            # the checkpoints hold the last good epoch (the diverged one never reaches them)
+            if world.is_main:
+                write_json(run_dir / "metrics.json", summarize(run, state.history, error=str(exc)))
+            world.barrier()  # every process saw the same losses; none exits before rank 0 has written
+            raise
+        set_stage("writing the results")
+        metrics = summarize(run, state.history)
+    else:  # tau-normalisation: every tau scored, nothing trained
         set_stage("scoring each tau")
         metrics = sweep_tau(run, state, precision)
-        if world.is_main:
-            write_json(run_dir / "metrics.json", metrics)
-            log.info("results in %s\n%s", run_dir, format_summary(metrics))
-        return metrics
-    try:
-        fit(run, state, precision, reweighting, checkpoint)
-    except TrainingDiverged as exc:
-        # the checkpoints hold the last good epoch (the diverged one never reaches them)
-        if world.is_main:
-            write_json(run_dir / "metrics.json", summarize(run, state.history, error=str(exc)))
-        world.barrier()  # every process saw the same losses; none exits before rank 0 has written
-        raise
-    set_stage("writing the results")
-    metrics = summarize(run, state.history)
     if world.is_main:
         write_json(run_dir / "metrics.json", metrics)
         log.info("results in %s\n%s", run_dir, format_summary(metrics))
